@@ -1,0 +1,159 @@
+"""Command line: `pumpcast <command>`. Thin: every command parses flags and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pumpcast.schema import PumpcastError
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default="training-data", help="store directory (default: training-data)")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from pumpcast.simulator import generate_to_store
+
+    ids = generate_to_store(args.data_dir, args.num_tokens, args.timesteps, args.seed, args.interval)
+    print(f"generated {len(ids)} synthetic tokens x {args.timesteps} steps into {args.data_dir}")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from pumpcast.ingest import ingest_files
+
+    columns = {
+        k: getattr(args, f"{k}_col")
+        for k in (
+            "timestamp",
+            "side",
+            "price",
+            "amount",
+            "quote",
+            "symbol",
+            "address",
+            "liquidity",
+            "supply",
+            "close",
+            "volume",
+        )
+        if getattr(args, f"{k}_col", None)
+    }
+    ids = ingest_files(args.kind, args.files, args.data_dir, args.interval, columns, args.symbol, args.key, args.events)
+    print(f"ingested {len(ids)} token(s) into {args.data_dir}: ids {ids}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from pumpcast.store import TokenDataManager
+
+    TokenDataManager(args.data_dir).export_csv(args.token_id, args.output, args.events_output)
+    print(f"wrote {args.output}" + (f" and {args.events_output}" if args.events_output else ""))
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from pumpcast.plots import plot_correlations, plot_features
+    from pumpcast.store import TokenDataManager
+
+    store = TokenDataManager(args.data_dir)
+    ids = parse_token_range(args.token_range) if args.token_range else [args.token_id]
+    for t in ids:
+        tok = store.read(t)
+        out = Path(args.output_dir) / "img" / f"token_{t}"
+        plot_features(tok, out / "features.png")
+        plot_correlations(tok, out / "correlations.png")
+        print(f"wrote {out}/features.png and {out}/correlations.png")
+
+
+def parse_token_range(text: str) -> list[int]:
+    """'0-5' -> [0, 1, 2, 3, 4, 5] (inclusive, as the seed's --test-token-range)."""
+    try:
+        a, b = (int(v) for v in text.split("-"))
+    except ValueError as exc:
+        raise PumpcastError(f"token range {text!r}: write it as A-B, e.g. 0-5") from exc
+    if b < a:
+        raise PumpcastError(f"token range {text!r}: the end is before the start")
+    return list(range(a, b + 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pumpcast", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="simulate synthetic token markets into a store")
+    p.add_argument("--num-tokens", type=int, default=5)
+    p.add_argument("--timesteps", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interval", default="1min", help="duration of one step (default 1min)")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("ingest", help="turn trade lists or OHLCV candles into bars in a store")
+    p.add_argument("kind", choices=("trades", "candles"))
+    p.add_argument("files", nargs="+", help="CSV, CSV.gz or Parquet files")
+    p.add_argument("--interval", default="1min", help="bar length (default 1min)")
+    p.add_argument("--events", help="CSV of known event times (symbol, time[, type, end])")
+    p.add_argument("--symbol", help="pair name when the file has no symbol column")
+    p.add_argument("--key", help="store key (address) for a single-file ingest")
+    for col in (
+        "timestamp",
+        "side",
+        "price",
+        "amount",
+        "quote",
+        "symbol",
+        "address",
+        "liquidity",
+        "supply",
+        "close",
+        "volume",
+    ):
+        p.add_argument(f"--{col}-col", help=f"name of the {col} column")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("export", help="write one stored token's bars (and events) as CSV")
+    p.add_argument("--token-id", type=int, required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--events-output")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("plot", help="img/token_X/features.png and correlations.png for stored tokens")
+    p.add_argument("--token-id", type=int, default=0)
+    p.add_argument("--token-range", help="A-B, inclusive")
+    p.add_argument("--output-dir", default=".")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    """Parse and run; a PumpcastError becomes one line on stderr and exit status 2."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        args.func(args)
+    except PumpcastError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, build_parser())
+
+
+def pump_trainer_main(argv: Sequence[str] | None = None) -> int:
+    from pumpcast.trainer_cli import build_trainer_parser
+
+    return run(argv, build_trainer_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

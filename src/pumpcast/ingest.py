@@ -1,0 +1,373 @@
+"""Real market data in: trade lists and OHLCV candles become fixed-interval bars of the six features.
+
+Absent features (a CEX pair has no pool, hence no liquidity; no supply, hence no market cap) stay NaN and are
+marked absent in the store's availability mask: never zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pumpcast.schema import (
+    BUYS,
+    FEATURES,
+    LIQUIDITY,
+    MARKET_CAP,
+    PRICE,
+    SELLS,
+    VOLUME,
+    Event,
+    PumpcastError,
+    TokenSeries,
+)
+
+log = logging.getLogger(__name__)
+
+#: Column names tried, in order, when no explicit mapping is given.
+TRADE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "time", "ts", "datetime", "date"),
+    "side": ("side", "taker_side"),
+    "price": ("price",),
+    "amount": ("amount", "qty", "quantity", "base_volume", "size"),
+    "quote": ("quote_volume", "btc_volume", "quote_qty", "usd_volume", "value"),
+    "symbol": ("symbol", "pair", "market"),
+    "address": ("address", "token_address", "mint"),
+    "liquidity": ("liquidity", "pool_liquidity", "reserve_usd"),
+    "supply": ("supply", "total_supply", "circulating_supply"),
+}
+CANDLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "time", "ts", "datetime", "date", "open_time"),
+    "open": ("open",),
+    "high": ("high",),
+    "low": ("low",),
+    "close": ("close",),
+    "volume": ("volume", "quote_volume"),
+    "symbol": ("symbol", "pair", "market"),
+    "address": ("address", "token_address", "mint"),
+    "buys": ("buys", "buy_count"),
+    "sells": ("sells", "sell_count"),
+    "liquidity": ("liquidity",),
+    "supply": ("supply", "total_supply"),
+}
+
+
+def parse_interval(interval: str) -> int:
+    """'1min', '5s', '1h' -> milliseconds."""
+    try:
+        ms = int(pd.Timedelta(interval).total_seconds() * 1000)
+    except (ValueError, TypeError) as exc:
+        raise PumpcastError(f"--interval {interval!r}: not a duration; use e.g. 1min, 5s or 1h") from exc
+    if ms <= 0:
+        raise PumpcastError(f"--interval {interval!r}: must be positive")
+    return ms
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, gzip-compressed CSV or Parquet file into a frame, with a one-line error if that fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise PumpcastError(f"{path}: no such file; check the path")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except Exception as exc:  # pandas raises many types for unreadable input
+        raise PumpcastError(f"{path}: cannot be read as CSV/Parquet ({type(exc).__name__}: {exc})") from exc
+
+
+def _resolve(
+    df: pd.DataFrame, path: Path, names: dict[str, tuple[str, ...]], mapping: dict[str, str], required: Sequence[str]
+) -> dict[str, str]:
+    """Map each logical field to a column of df: an explicit mapping first, then the usual names."""
+    lower = {c.lower(): c for c in df.columns}
+    found: dict[str, str] = {}
+    for logical, candidates in names.items():
+        explicit = mapping.get(logical)
+        if explicit:
+            if explicit not in df.columns:
+                raise PumpcastError(
+                    f"{path}: column {explicit!r} (given for {logical}) not found; columns are {list(df.columns)}"
+                )
+            found[logical] = explicit
+            continue
+        for c in candidates:
+            if c in lower:
+                found[logical] = lower[c]
+                break
+    missing = [r for r in required if r not in found]
+    if missing:
+        flags = ", ".join(f"--{m}-col" for m in missing)
+        raise PumpcastError(
+            f"{path}: missing column(s) {missing}; columns are {list(df.columns)}; name them with {flags}"
+        )
+    return found
+
+
+def _timestamps_ms(series: pd.Series, path: Path, column: str) -> np.ndarray:
+    """Unix ms from integer ms (or s) or ISO-8601 text."""
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype="float64")
+        if not np.isfinite(values).all():
+            raise PumpcastError(f"{path}: column {column!r} has missing or non-finite timestamps")
+        if values.size and np.nanmax(np.abs(values)) < 1e11:  # seconds, not ms
+            values = values * 1000.0
+        return values.astype(np.int64)
+    try:
+        parsed = pd.to_datetime(series, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise PumpcastError(f"{path}: column {column!r} is neither Unix ms nor ISO-8601 time ({exc})") from exc
+    if parsed.isna().any():
+        raise PumpcastError(f"{path}: column {column!r} has missing timestamps")
+    return (parsed.astype("datetime64[ms, UTC]").astype("int64")).to_numpy()
+
+
+def _positive(series: pd.Series, path: Path, column: str, what: str) -> np.ndarray:
+    """Numeric, finite, > 0 values, or a one-line error naming the first bad row."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(values) | (values <= 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise PumpcastError(
+            f"{path}: column {column!r} row {row + 2} has {what} {series.iloc[row]!r}; {what}s must be positive numbers"
+        )
+    return values
+
+
+def _nonnegative(series: pd.Series, path: Path, column: str) -> np.ndarray:
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise PumpcastError(f"{path}: column {column!r} row {row + 2} has {series.iloc[row]!r}; expected a number >= 0")
+    return values
+
+
+def _sorted_order(ts: np.ndarray, path: Path) -> np.ndarray:
+    """Order that puts rows in time order; says so when the file was not."""
+    if ts.size > 1 and (np.diff(ts) < 0).any():
+        log.warning("%s: rows were not in time order; sorted them by timestamp", path)
+        return np.argsort(ts, kind="stable")
+    return np.arange(ts.size)
+
+
+def _token_key(address: str | None, symbol: str, first_ms: int) -> str:
+    """Identity of a token: its address, else its pair and the start of its period.
+
+    A pair seen in two separate periods (e.g. two pump events months apart) is two series, not one with a
+    months-long gap; re-ingesting the same period replaces it.
+    """
+    if address:
+        return address
+    start = pd.Timestamp(first_ms, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%MZ")
+    return f"{symbol}@{start}"
+
+
+def _group_by_symbol(df: pd.DataFrame, cols: dict[str, str], path: Path, symbol: str | None):
+    """Yield (symbol, address, rows) per pair in the file; a file with no symbol column is one pair."""
+    if symbol is not None or "symbol" not in cols:
+        yield (symbol or path.name.split(".")[0]), _first(df, cols, "address"), df
+        return
+    for sym, rows in df.groupby(cols["symbol"], sort=True):
+        yield str(sym), _first(rows, cols, "address"), rows
+
+
+def _first(df: pd.DataFrame, cols: dict[str, str], logical: str) -> str | None:
+    if logical not in cols or df.empty:
+        return None
+    value = df[cols[logical]].iloc[0]
+    return None if pd.isna(value) else str(value)
+
+
+def _bar_index(ts: np.ndarray, interval_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bar number of each row (0 = first bar) and the bars' start times."""
+    bar = ts // interval_ms
+    first, last = int(bar.min()), int(bar.max())
+    return bar - first, (np.arange(first, last + 1, dtype=np.int64) * interval_ms)
+
+
+def _last_per_bar(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Value of the last row in each bar (rows in time order), NaN for bars without rows."""
+    out = np.full(n, np.nan)
+    out[idx] = values  # later rows overwrite earlier ones: numpy assigns in order
+    return out
+
+
+def trades_to_bars(
+    path: str | Path,
+    interval: str = "1min",
+    columns: dict[str, str] | None = None,
+    symbol: str | None = None,
+    key: str | None = None,
+) -> list[TokenSeries]:
+    """Aggregate a trade list into bars: price = last trade (carried forward over empty bars), volume = quote
+    volume, buys/sells = trade counts per taker side; liquidity and market cap only where the file has them."""
+    path = Path(path)
+    interval_ms = parse_interval(interval)
+    df = read_table(path)
+    cols = _resolve(df, path, TRADE_COLUMNS, columns or {}, required=("timestamp", "price"))
+    if "amount" not in cols and "quote" not in cols:
+        raise PumpcastError(
+            f"{path}: needs a trade size: an amount column (--amount-col) or a quote volume column (--quote-col)"
+        )
+    if df.empty:
+        raise PumpcastError(f"{path}: has no rows")
+    out = []
+    groups = list(_group_by_symbol(df, cols, path, symbol))
+    for sym, address, rows in groups:
+        ts = _timestamps_ms(rows[cols["timestamp"]], path, cols["timestamp"])
+        order = _sorted_order(ts, path)
+        rows, ts = rows.iloc[order], ts[order]
+        price = _positive(rows[cols["price"]], path, cols["price"], "price")
+        if "quote" in cols:
+            quote = _nonnegative(rows[cols["quote"]], path, cols["quote"])
+        else:
+            quote = price * _nonnegative(rows[cols["amount"]], path, cols["amount"])
+        idx, bar_ts = _bar_index(ts, interval_ms)
+        n = bar_ts.size
+        feats = np.full((n, len(FEATURES)), np.nan)
+        feats[:, PRICE] = pd.Series(_last_per_bar(idx, price, n)).ffill().to_numpy()
+        feats[:, VOLUME] = np.bincount(idx, weights=quote, minlength=n)
+        if "side" in cols:
+            side = rows[cols["side"]].astype(str).str.lower().to_numpy()
+            is_buy, is_sell = side == "buy", side == "sell"
+            if not (is_buy | is_sell).all():
+                bad = int(np.flatnonzero(~(is_buy | is_sell))[0])
+                raise PumpcastError(
+                    f"{path}: column {cols['side']!r} row {bad + 2} is {side[bad]!r}; expected 'buy' or 'sell'"
+                )
+            feats[:, BUYS] = np.bincount(idx, weights=is_buy.astype(float), minlength=n)
+            feats[:, SELLS] = np.bincount(idx, weights=is_sell.astype(float), minlength=n)
+        if "liquidity" in cols:
+            liq = _nonnegative(rows[cols["liquidity"]], path, cols["liquidity"])
+            feats[:, LIQUIDITY] = pd.Series(_last_per_bar(idx, liq, n)).ffill().to_numpy()
+        if "supply" in cols:
+            supply = _positive(rows[cols["supply"]], path, cols["supply"], "supply")
+            feats[:, MARKET_CAP] = pd.Series(_last_per_bar(idx, supply, n)).ffill().to_numpy() * feats[:, PRICE]
+        token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
+        out.append(TokenSeries(token_key, sym, f"trades:{path.name}", interval_ms, bar_ts, feats))
+    return out
+
+
+def candles_to_bars(
+    path: str | Path,
+    interval: str = "1min",
+    columns: dict[str, str] | None = None,
+    symbol: str | None = None,
+    key: str | None = None,
+) -> list[TokenSeries]:
+    """Turn OHLCV candles into bars: price = close, volume = volume; missing candles carry the close forward
+    with zero volume. Candles at a finer interval are aggregated; identical duplicates are dropped."""
+    path = Path(path)
+    interval_ms = parse_interval(interval)
+    df = read_table(path)
+    cols = _resolve(df, path, CANDLE_COLUMNS, columns or {}, required=("timestamp", "close", "volume"))
+    if df.empty:
+        raise PumpcastError(f"{path}: has no rows")
+    out = []
+    groups = list(_group_by_symbol(df, cols, path, symbol))
+    for sym, address, rows in groups:
+        ts = _timestamps_ms(rows[cols["timestamp"]], path, cols["timestamp"])
+        order = _sorted_order(ts, path)
+        rows, ts = rows.iloc[order], ts[order]
+        dup = np.zeros(ts.size, dtype=bool)
+        dup[1:] = ts[1:] == ts[:-1]
+        if dup.any():
+            same = rows.iloc[np.flatnonzero(dup)].to_numpy() == rows.iloc[np.flatnonzero(dup) - 1].to_numpy()
+            if not same.all():
+                t = pd.Timestamp(int(ts[np.flatnonzero(dup)[0]]), unit="ms", tz="UTC")
+                raise PumpcastError(
+                    f"{path}: two different candles share the timestamp {t}; remove one and ingest again"
+                )
+            log.warning("%s: dropped %d duplicated candle(s)", path, int(dup.sum()))
+            rows, ts = rows.iloc[~dup], ts[~dup]
+        close = _positive(rows[cols["close"]], path, cols["close"], "price")
+        volume = _nonnegative(rows[cols["volume"]], path, cols["volume"])
+        idx, bar_ts = _bar_index(ts, interval_ms)
+        n = bar_ts.size
+        feats = np.full((n, len(FEATURES)), np.nan)
+        feats[:, PRICE] = pd.Series(_last_per_bar(idx, close, n)).ffill().to_numpy()
+        feats[:, VOLUME] = np.bincount(idx, weights=volume, minlength=n)
+        for logical, col in (("buys", BUYS), ("sells", SELLS)):
+            if logical in cols:
+                feats[:, col] = np.bincount(
+                    idx, weights=_nonnegative(rows[cols[logical]], path, cols[logical]), minlength=n
+                )
+        if "liquidity" in cols:
+            liq = _nonnegative(rows[cols["liquidity"]], path, cols["liquidity"])
+            feats[:, LIQUIDITY] = pd.Series(_last_per_bar(idx, liq, n)).ffill().to_numpy()
+        if "supply" in cols:
+            supply = _positive(rows[cols["supply"]], path, cols["supply"], "supply")
+            feats[:, MARKET_CAP] = pd.Series(_last_per_bar(idx, supply, n)).ffill().to_numpy() * feats[:, PRICE]
+        token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
+        out.append(TokenSeries(token_key, sym, f"candles:{path.name}", interval_ms, bar_ts, feats))
+    return out
+
+
+def read_events(path: str | Path) -> pd.DataFrame:
+    """Known event times: a CSV with a symbol (or key) column, a time column, and optionally type and end time.
+
+    Returns columns symbol, time_ms, type, end_ms (end_ms = -1 where unknown).
+    """
+    path = Path(path)
+    df = read_table(path)
+    lower = {c.lower(): c for c in df.columns}
+    sym_col = next((lower[c] for c in ("symbol", "key", "pair", "address") if c in lower), None)
+    time_col = next(
+        (lower[c] for c in ("pump_time_utc", "time", "timestamp", "start", "start_time") if c in lower), None
+    )
+    if sym_col is None or time_col is None:
+        raise PumpcastError(
+            f"{path}: an events file needs a symbol (or key) column and a time column; columns are {list(df.columns)}"
+        )
+    out = pd.DataFrame({"symbol": df[sym_col].astype(str), "time_ms": _timestamps_ms(df[time_col], path, time_col)})
+    out["type"] = df[lower["type"]].astype(str) if "type" in lower else "pump_and_dump"
+    end_col = next((lower[c] for c in ("end", "end_time") if c in lower), None)
+    out["end_ms"] = _timestamps_ms(df[end_col], path, end_col) if end_col else -1
+    return out
+
+
+def attach_events(bars: TokenSeries, events: pd.DataFrame) -> TokenSeries:
+    """Add the events of this token (matched by key, pair or base symbol, inside its time range) as Events.
+
+    Real events carry only their announced start (and end if given); peak is -1 (unknown), magnitude NaN.
+    """
+    base = bars.symbol.split("/")[0]
+    names = {bars.key, bars.symbol, base}
+    first, last = int(bars.timestamps[0]), int(bars.timestamps[-1]) + bars.interval_ms
+    for row in events.itertuples(index=False):
+        if row.symbol in names and first <= row.time_ms < last:
+            start = int((row.time_ms - first) // bars.interval_ms)
+            end = int((row.end_ms - first) // bars.interval_ms) if row.end_ms >= 0 else -1
+            bars.events.append(Event(str(row.type), start, -1, end, float("nan")))
+    return bars
+
+
+def ingest_files(
+    kind: str,
+    files: Sequence[str | Path],
+    data_dir: str | Path,
+    interval: str = "1min",
+    columns: dict[str, str] | None = None,
+    symbol: str | None = None,
+    key: str | None = None,
+    events: str | Path | None = None,
+) -> list[int]:
+    """Read every file first (so one bad file leaves the store untouched), then store all tokens at once."""
+    from pumpcast.store import TokenDataManager
+
+    if kind not in ("trades", "candles"):
+        raise PumpcastError(f"ingest {kind!r}: choose trades or candles")
+    reader = trades_to_bars if kind == "trades" else candles_to_bars
+    if key and len(files) > 1:
+        raise PumpcastError("--key names one token: give it with a single input file")
+    event_table = read_events(events) if events else None
+    series = []
+    for f in files:
+        for bars in reader(f, interval=interval, columns=columns, symbol=symbol, key=key):
+            series.append(attach_events(bars, event_table) if event_table is not None else bars)
+    return TokenDataManager(data_dir).write(series)

@@ -1,0 +1,201 @@
+"""The seed's pictures: per-token features and correlations, the data splits, and forecasts vs actuals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from pumpcast.schema import FEATURES, TokenSeries  # noqa: E402
+from pumpcast.splits import SPLITS, Split  # noqa: E402
+from pumpcast.store import atomic_write  # noqa: E402
+
+EVENT_COLORS = {
+    "pump_and_dump": "tab:red",
+    "news": "tab:purple",
+    "trading_burst": "tab:orange",
+    "liquidity_add": "tab:green",
+    "liquidity_withdrawal": "tab:olive",
+    "rug_pull": "black",
+}
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+UNITS = {
+    "price": "quote / token",
+    "volume": "quote",
+    "liquidity": "quote",
+    "buys": "trades",
+    "sells": "trades",
+    "market_cap": "quote",
+}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"), suffix=".png")
+    plt.close(fig)
+    return path
+
+
+def _spans_decades(values: np.ndarray) -> bool:
+    v = values[np.isfinite(values) & (values > 0)]
+    return v.size > 0 and v.max() / v.min() > 100
+
+
+def _times(tok: TokenSeries) -> pd.DatetimeIndex:
+    return pd.to_datetime(tok.timestamps, unit="ms", utc=True)
+
+
+def plot_features(tok: TokenSeries, path: str | Path) -> Path:
+    """Six panels over time, log axes where a feature spans decades, events marked, absent features said so."""
+    times = _times(tok)
+    fig, axes = plt.subplots(len(FEATURES), 1, figsize=(12, 13), sharex=True)
+    seen: dict[str, object] = {}
+    for i, (ax, name) in enumerate(zip(axes, FEATURES, strict=True)):
+        values = tok.features[:, i]
+        ax.set_ylabel(f"{name}\n({UNITS[name]})", fontsize=9)
+        if not np.isfinite(values).any():
+            ax.text(
+                0.5,
+                0.5,
+                f"{name}: absent in this data (not zero)",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="gray",
+                fontsize=11,
+            )
+            ax.set_yticks([])
+            continue
+        log_axis = _spans_decades(values)
+        if name in ("volume", "buys", "sells"):  # spiky activity: one stem per step, empty where zero
+            active = np.isfinite(values) & (values > 0)
+            floor = values[active].min() / 2 if log_axis and active.any() else 0.0
+            ax.vlines(times[active], floor, values[active], lw=0.7, color="tab:blue")
+        else:
+            ax.plot(times, values, lw=0.7, color="tab:blue")
+        if log_axis:
+            ax.set_yscale("log")
+        for e in tok.events:
+            color = EVENT_COLORS.get(e.type, "gray")
+            end = e.end if e.end >= e.start else e.start
+            handle = ax.axvspan(
+                times[e.start],
+                times[min(end, len(times) - 1)],
+                color=color,
+                alpha=0.25,
+                lw=0,
+                label=e.type.replace("_", " "),
+            )
+            if e.end <= e.start:
+                handle = ax.axvline(times[e.start], color=color, lw=1.0, alpha=0.8, label=e.type.replace("_", " "))
+            seen.setdefault(e.type, handle)
+        ax.grid(alpha=0.3)
+    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    axes[-1].set_xlabel("time (UTC)")
+    if seen:
+        axes[0].legend(list(seen.values()), [k.replace("_", " ") for k in seen], loc="upper left", fontsize=8, ncol=3)
+    fig.suptitle(f"token {tok.token_id}: {tok.key} ({tok.source})", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def correlation_frame(tok: TokenSeries) -> pd.DataFrame:
+    """Per-step series whose correlations mean something: log changes of level features, log1p of activity."""
+    cols = {}
+    for i, name in enumerate(FEATURES):
+        v = tok.features[:, i]
+        if not np.isfinite(v).any():
+            continue
+        if name in ("price", "liquidity", "market_cap"):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cols[f"{name} log-change"] = np.concatenate([[np.nan], np.diff(np.log(v))])
+        else:
+            cols[f"log1p {name}"] = np.log1p(v)
+    return pd.DataFrame(cols)
+
+
+def plot_correlations(tok: TokenSeries, path: str | Path) -> Path:
+    """Feature correlation heatmap; absent features are listed in the title rather than shown as zeros."""
+    frame = correlation_frame(tok)
+    corr = frame.corr()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    sns.heatmap(
+        corr,
+        annot=True,
+        fmt=".2f",
+        vmin=-1,
+        vmax=1,
+        cmap="vlag",
+        square=True,
+        ax=ax,
+        cbar_kws={"label": "Pearson correlation"},
+    )
+    absent = [n for n, ok in tok.available.items() if not ok]
+    title = f"token {tok.token_id}: feature correlations"
+    if absent:
+        title += f"\nabsent (not shown): {', '.join(absent)}"
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_splits(split: Split, lengths: dict[int, int], path: str | Path, max_tokens: int = 40) -> Path:
+    """One bar per token, coloured by which split each step's targets belong to."""
+    ids = sorted(lengths)[:max_tokens]
+    fig, ax = plt.subplots(figsize=(11, 0.35 * len(ids) + 1.8))
+    for row, t in enumerate(ids):
+        ax.barh(row, lengths[t], color="lightgray", height=0.6)
+        for name in SPLITS:
+            a, b = split.ranges.get(name, {}).get(t, (0, 0))
+            if b > a:
+                ax.barh(row, b - a, left=a, color=SPLIT_COLORS[name], height=0.6)
+    ax.set_yticks(range(len(ids)), [f"token {t}" for t in ids], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("step")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=SPLIT_COLORS[n]) for n in SPLITS]
+    handles.append(plt.Rectangle((0, 0), 1, 1, color="lightgray"))
+    ax.legend(
+        handles,
+        ["train", "validation", "test", "unused"],
+        loc="upper center",
+        ncol=4,
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.12 if len(ids) > 3 else -0.3),
+    )
+    more = f" (first {max_tokens} of {len(lengths)} tokens)" if len(lengths) > max_tokens else ""
+    ax.set_title(f"data splits: strategy {split.strategy!r}{more}")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_forecasts(panels: Sequence[dict], path: str | Path, title: str) -> Path:
+    """Actual vs forecast price, one panel per token.
+
+    Each panel dict: token_id, history_t, history, forecast_t, forecast, and optionally actual_t, actual.
+    """
+    n = len(panels)
+    fig, axes = plt.subplots(n, 1, figsize=(12, 3.2 * n + 0.6), squeeze=False)
+    for ax, p in zip(axes[:, 0], panels, strict=True):
+        ax.plot(p["history_t"], p["history"], color="gray", lw=0.8, label="history")
+        if p.get("actual") is not None:
+            ax.plot(p["actual_t"], p["actual"], color="tab:blue", lw=0.9, label="actual")
+        ax.plot(p["forecast_t"], p["forecast"], color="tab:red", lw=1.1, label="forecast")
+        values = np.concatenate([p["history"], p["forecast"]] + ([p["actual"]] if p.get("actual") is not None else []))
+        if _spans_decades(values):
+            ax.set_yscale("log")
+        ax.axvline(p["forecast_t"][0], color="black", lw=0.6, ls="--")
+        ax.set_ylabel("price")
+        ax.set_title(f"token {p['token_id']}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(title + " (research tool, not financial advice)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(path))

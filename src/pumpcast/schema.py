@@ -1,0 +1,87 @@
+"""Names and versions shared by every part of pumpcast: the six features, the event record, the error type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: The six per-step features, in storage order. Price is the forecast target.
+FEATURES: tuple[str, ...] = ("price", "volume", "liquidity", "buys", "sells", "market_cap")
+PRICE, VOLUME, LIQUIDITY, BUYS, SELLS, MARKET_CAP = range(6)
+
+#: Version of the on-disk store layout; a store written by a newer version is refused, not misread.
+SCHEMA_VERSION = 1
+
+#: Event types the simulator writes and ingestion may attach.
+EVENT_TYPES: tuple[str, ...] = (
+    "pump_and_dump",
+    "news",
+    "trading_burst",
+    "liquidity_add",
+    "liquidity_withdrawal",
+    "rug_pull",
+)
+
+#: HDF5/NumPy record of one event; steps are indices into the token's series.
+EVENT_DTYPE = np.dtype([("type", "S24"), ("start", "<i8"), ("peak", "<i8"), ("end", "<i8"), ("magnitude", "<f8")])
+
+
+class PumpcastError(Exception):
+    """A user-facing error: one line that names the file or field, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One market event of a token: where it starts, peaks and ends (step indices) and how big it is.
+
+    For pumps, magnitude is the peak gain (peak price / price before the start - 1).
+    """
+
+    type: str
+    start: int
+    peak: int
+    end: int
+    magnitude: float
+
+
+def events_to_array(events: list[Event]) -> np.ndarray:
+    """Pack events into the structured array stored in HDF5."""
+    arr = np.zeros(len(events), dtype=EVENT_DTYPE)
+    for i, e in enumerate(events):
+        arr[i] = (e.type.encode(), e.start, e.peak, e.end, e.magnitude)
+    return arr
+
+
+def array_to_events(arr: np.ndarray) -> list[Event]:
+    """Unpack the stored structured array into events."""
+    return [
+        Event(r["type"].decode(), int(r["start"]), int(r["peak"]), int(r["end"]), float(r["magnitude"])) for r in arr
+    ]
+
+
+@dataclass
+class TokenSeries:
+    """One token's fixed-interval series as stored: raw features (NaN where absent), bar times and events.
+
+    key is the token's identity in the store (an address, or pair@start for a CEX pair's period).
+    """
+
+    key: str
+    symbol: str
+    source: str
+    interval_ms: int
+    timestamps: np.ndarray  # (T,) int64, Unix ms of each bar's start
+    features: np.ndarray  # (T, 6) float64, NaN where absent
+    events: list[Event] = field(default_factory=list)
+    token_id: int = -1
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(T, 6) bool: True where a feature has a value."""
+        return np.isfinite(self.features)
+
+    @property
+    def available(self) -> dict[str, bool]:
+        """Whether each feature has any value at all in this series."""
+        return {name: bool(np.isfinite(self.features[:, i]).any()) for i, name in enumerate(FEATURES)}

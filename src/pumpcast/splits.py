@@ -1,0 +1,96 @@
+"""Train / validation / test splits that never let one target step serve two splits.
+
+A split is a set of target ranges: for each split name, token id -> [start, end) of the steps whose values may
+be predicted as targets there. Inputs may reach back before a range (history is known at forecast time);
+targets never leave it. split_info.json records everything needed to rebuild and audit the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pumpcast.schema import PumpcastError
+
+STRATEGIES = ("time", "token", "mixed")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Target ranges per split; see the module docstring."""
+
+    strategy: str
+    test_ratio: float
+    val_ratio: float
+    train_token_ratio: float
+    seed: int
+    ranges: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+
+    def tokens(self, name: str) -> list[int]:
+        """Token ids that have a non-empty target range in this split."""
+        return sorted(t for t, (a, b) in self.ranges.get(name, {}).items() if b > a)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ranges"] = {s: {str(t): list(r) for t, r in rs.items()} for s, rs in self.ranges.items()}
+        d["token_ids"] = {s: self.tokens(s) for s in SPLITS}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Split:
+        ranges = {s: {int(t): (int(r[0]), int(r[1])) for t, r in rs.items()} for s, rs in d["ranges"].items()}
+        return cls(d["strategy"], d["test_ratio"], d["val_ratio"], d["train_token_ratio"], d["seed"], ranges)
+
+
+def make_split(
+    lengths: dict[int, int],
+    strategy: str = "time",
+    test_ratio: float = 0.4,
+    val_ratio: float = 0.2,
+    train_token_ratio: float = 0.6,
+    seed: int = 0,
+) -> Split:
+    """Split tokens (id -> number of steps).
+
+    time:  every token, chronologically: train first, then validation, then test (default 40/20/40).
+    token: whole tokens: train_token_ratio of them train, the rest validation and test in val:test proportion.
+    mixed: the last test_ratio of every token's steps is test; before that, train tokens train and the others
+           validate, so train and validation differ in tokens and test differs in time.
+    """
+    if strategy not in STRATEGIES:
+        raise PumpcastError(f"--split-strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if not (0 <= test_ratio < 1 and 0 <= val_ratio < 1 and test_ratio + val_ratio < 1):
+        raise PumpcastError("split ratios: test and validation ratios must be >= 0 and sum to less than 1")
+    if not 0 < train_token_ratio <= 1:
+        raise PumpcastError("--train-token-ratio must be in (0, 1]")
+    ids = sorted(lengths)
+    split = Split(strategy, test_ratio, val_ratio, train_token_ratio, seed, {s: {} for s in SPLITS})
+    if strategy == "time":
+        for t in ids:
+            n = lengths[t]
+            a = int(round(n * (1 - test_ratio - val_ratio)))
+            b = int(round(n * (1 - test_ratio)))
+            split.ranges["train"][t], split.ranges["val"][t], split.ranges["test"][t] = (0, a), (a, b), (b, n)
+        return split
+    order = list(np.random.default_rng(seed).permutation(ids))
+    n_train = max(1, int(round(len(ids) * train_token_ratio)))
+    if len(ids) >= 3:
+        n_train = min(n_train, len(ids) - 2 if strategy == "token" else len(ids) - 1)
+    train_ids, rest = sorted(order[:n_train]), sorted(order[n_train:])
+    if strategy == "token":
+        n_val = int(round(len(rest) * val_ratio / (val_ratio + test_ratio))) if rest else 0
+        if len(rest) >= 2:
+            n_val = min(max(n_val, 1), len(rest) - 1)
+        val_ids = set(rest[:n_val])
+        for t in ids:
+            n = lengths[t]
+            split.ranges["train" if t in train_ids else "val" if t in val_ids else "test"][int(t)] = (0, n)
+        return split
+    for t in ids:  # mixed
+        n = lengths[t]
+        b = int(round(n * (1 - test_ratio)))
+        split.ranges["train" if t in train_ids else "val"][int(t)] = (0, b)
+        split.ranges["test"][int(t)] = (b, n)
+    return split

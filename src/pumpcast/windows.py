@@ -1,0 +1,196 @@
+"""Lazy training windows over stored series, and the scale-free normalisation they are served in.
+
+A window is seq_len input steps followed by horizon target steps of one token. Windows are never
+materialised: the dataset keeps each token's series once (float32, flat) and an index of where windows may
+start; a batch is gathered with one fancy-indexing call. Memory grows with the data, not with seq_len x the
+number of windows.
+
+Normalisation is scale-free, so one model serves tokens whose prices differ by 1e9x:
+- level features (price, liquidity, market cap): log(x) minus the log of the last input step;
+- activity features (volume, buys, sells): log1p(x / mean of the window's inputs).
+Both use the input part of the window only (nothing from the future), then a per-feature centre and scale,
+fitted on training windows only, bring every feature to unit variance. Absent values are masked, not zeroed
+into the data: their normalised value is 0 and their mask is False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pumpcast.schema import BUYS, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, SELLS, VOLUME, PumpcastError
+
+LEVEL = (PRICE, LIQUIDITY, MARKET_CAP)
+ACTIVITY = (VOLUME, BUYS, SELLS)
+NORM_DTYPE = np.dtype([("feature", "S16"), ("transform", "S16"), ("center", "<f8"), ("scale", "<f8")])
+
+
+def to_base(raw: np.ndarray) -> np.ndarray:
+    """Raw features (..., 6) -> the per-step base values windows are built from: logs of level features,
+    activity features as they are; NaN stays NaN (absent)."""
+    base = np.array(raw, dtype=np.float64, copy=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base[..., LEVEL] = np.log(base[..., LEVEL])
+    return base
+
+
+def relative(base: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Base values of windows (B, W, 6) -> values relative to each window's inputs, and the references (B, 6).
+
+    Reference: last input step for level features, mean input activity for activity features.
+    """
+    ref = np.empty(base.shape[:1] + base.shape[2:], dtype=np.float64)
+    rel = np.empty_like(base, dtype=np.float64)
+    ref[:, LEVEL] = base[:, seq_len - 1, LEVEL]
+    rel[..., LEVEL] = base[..., LEVEL] - ref[:, None, LEVEL]
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(
+            np.where(np.isfinite(base[:, :seq_len, ACTIVITY]), base[:, :seq_len, ACTIVITY], np.nan), axis=1
+        )
+    mean = np.where(np.isfinite(mean) & (mean > 0), mean, 1.0)  # an idle or absent window keeps unit scale
+    ref[:, ACTIVITY] = mean
+    rel[..., ACTIVITY] = np.log1p(base[..., ACTIVITY] / mean[:, None, :])
+    return rel, ref
+
+
+class Normalizer:
+    """Per-feature centre and scale of window-relative values, fitted on training windows only."""
+
+    def __init__(self, center: np.ndarray, scale: np.ndarray):
+        self.center = np.asarray(center, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+
+    @classmethod
+    def identity(cls) -> Normalizer:
+        return cls(np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
+
+    def normalize(self, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Relative values -> (normalised float32 with absent set to 0, mask)."""
+        mask = np.isfinite(rel)
+        z = np.where(mask, (rel - self.center) / self.scale, 0.0).astype(np.float32)
+        return z, mask
+
+    def denormalize(self, z: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """Normalised values (B, H, 6) and references (B, 6) -> raw features (B, H, 6)."""
+        rel = np.asarray(z, dtype=np.float64) * self.scale + self.center
+        raw = np.empty_like(rel)
+        raw[..., LEVEL] = np.exp(rel[..., LEVEL] + ref[:, None, LEVEL])
+        raw[..., ACTIVITY] = np.expm1(np.maximum(rel[..., ACTIVITY], 0.0)) * ref[:, None, ACTIVITY]
+        return raw
+
+    def to_array(self) -> np.ndarray:
+        """Structured array for normalization_params.npy (no pickling needed to read it back)."""
+        arr = np.zeros(len(FEATURES), dtype=NORM_DTYPE)
+        for i, name in enumerate(FEATURES):
+            kind = "log_rel_last" if i in LEVEL else "log1p_rel_mean"
+            arr[i] = (name.encode(), kind.encode(), self.center[i], self.scale[i])
+        return arr
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> Normalizer:
+        names = [n.decode() for n in arr["feature"]]
+        if names != list(FEATURES):
+            raise PumpcastError(f"normalization params name features {names}, expected {list(FEATURES)}")
+        return cls(arr["center"], arr["scale"])
+
+    @classmethod
+    def fit(cls, dataset: WindowDataset, max_windows: int = 4096, seed: int = 0) -> Normalizer:
+        """Fit on (a deterministic sample of) the given training windows."""
+        n = len(dataset)
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_windows), replace=False))
+        rel, _ = relative(dataset.gather_base(idx), dataset.seq_len)
+        center = np.zeros(len(FEATURES))
+        scale = np.ones(len(FEATURES))
+        for f in range(len(FEATURES)):
+            v = rel[..., f][np.isfinite(rel[..., f])]
+            if v.size > 1 and v.std() > 1e-8:
+                center[f], scale[f] = v.mean(), v.std()
+        return cls(center, scale)
+
+
+class WindowDataset(Dataset):
+    """Windows whose targets lie inside each token's target range; see the module docstring.
+
+    series: token id -> raw features (T, 6); ranges: token id -> [start, end) of allowed target steps.
+    A batch (via __getitems__) is a dict of tensors: x (B, L, 6), x_mask, y (B, H, 6), y_mask, ref (B, 6),
+    token (B,), start (B,) = index of the first input step.
+    """
+
+    def __init__(
+        self,
+        series: Mapping[int, np.ndarray],
+        ranges: Mapping[int, tuple[int, int]],
+        seq_len: int,
+        horizon: int,
+        normalizer: Normalizer | None = None,
+        stride: int = 1,
+    ):
+        self.seq_len, self.horizon, self.stride = int(seq_len), int(horizon), max(1, int(stride))
+        self.normalizer = normalizer or Normalizer.identity()
+        self.token_ids = np.array(sorted(t for t in ranges if t in series), dtype=np.int64)
+        parts, offsets, first, counts = [], [], [], []
+        pos = 0
+        for t in self.token_ids:
+            base = to_base(series[int(t)]).astype(np.float32)
+            a, b = ranges[int(t)]
+            lo = max(0, a - self.seq_len)  # first input step of the first window
+            hi = min(b, base.shape[0]) - self.seq_len - self.horizon  # first input step of the last window
+            counts.append(max(0, (hi - lo) // self.stride + 1) if hi >= lo else 0)
+            first.append(lo)
+            offsets.append(pos)
+            parts.append(base)
+            pos += base.shape[0]
+        self.flat = np.concatenate(parts) if parts else np.zeros((0, len(FEATURES)), np.float32)
+        self.offsets = np.array(offsets, dtype=np.int64)
+        self.first = np.array(first, dtype=np.int64)
+        self.cum = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def locate(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Window indices -> (position of the token in token_ids, first input step)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        k = np.searchsorted(self.cum, idx, side="right") - 1
+        return k, self.first[k] + (idx - self.cum[k]) * self.stride
+
+    def gather_base(self, idx: np.ndarray) -> np.ndarray:
+        """Base values of the given windows, (B, L + H, 6) float64, gathered in one indexing call."""
+        k, start = self.locate(idx)
+        rows = (self.offsets[k] + start)[:, None] + np.arange(self.seq_len + self.horizon)
+        return self.flat[rows].astype(np.float64)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        k, start = self.locate(idx)
+        rel, ref = relative(self.gather_base(idx), self.seq_len)
+        z, mask = self.normalizer.normalize(rel)
+        L = self.seq_len
+        return {
+            "x": torch.from_numpy(z[:, :L]),
+            "x_mask": torch.from_numpy(mask[:, :L]),
+            "y": torch.from_numpy(z[:, L:]),
+            "y_mask": torch.from_numpy(mask[:, L:]),
+            "ref": torch.from_numpy(ref),
+            "token": torch.from_numpy(self.token_ids[k]),
+            "start": torch.from_numpy(start),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DataLoader collate for WindowDataset: __getitems__ already returns a batch."""
+    return batch
+
+
+def require_windows(dataset: WindowDataset, split: str, hint: str) -> None:
+    """A one-line error when a split yields no window at all."""
+    if len(dataset) == 0:
+        raise PumpcastError(
+            f"{split} split has no window of {dataset.seq_len} input + {dataset.horizon} target steps; {hint}"
+        )
