@@ -67,6 +67,55 @@ def _cmd_plot(args: argparse.Namespace) -> None:
         print(f"wrote {out}/features.png and {out}/correlations.png")
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from pumpcast.trainer_cli import train_config
+    from pumpcast.training import fit
+
+    result = fit(train_config(args))
+    where = f" -> {result.model_path}" if result.model_path else ""
+    print(f"trained {result.epochs_run} epoch(s); best validation loss {result.best_val_loss:.4f}{where}")
+
+
+def _cmd_test(args: argparse.Namespace) -> None:
+    from pumpcast.trainer_cli import run_pump_trainer
+
+    args.test_mode = True
+    run_pump_trainer(args)
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from pumpcast.forecasting import Forecaster
+    from pumpcast.ingest import read_table
+    from pumpcast.store import atomic_write
+
+    source = Path(args.input)
+    if source.is_dir():
+        inputs = sorted(p for p in source.iterdir() if p.name.endswith((".csv", ".csv.gz", ".parquet")))
+        if not inputs:
+            raise PumpcastError(f"{source}: no .csv, .csv.gz or .parquet histories in this folder")
+        out_dir = Path(args.output)
+        outputs = [out_dir / f"{p.name.split('.')[0]}_forecast.csv" for p in inputs]
+    else:
+        inputs, outputs = [source], [Path(args.output)]
+    forecaster = Forecaster.load(args.load_model)
+    frames = [read_table(p) for p in inputs]
+    try:
+        forecasts = forecaster.predict(frames, args.steps)
+    except PumpcastError as exc:  # name the file, not its position in the batch
+        msg = str(exc)
+        for i, p in enumerate(inputs):
+            msg = msg.replace(f"history {i}:", f"{p}:").replace(f"history {i} ", f"{p} ")
+        raise PumpcastError(msg) from exc
+    csv = {"index": False, "float_format": "%.10g", "date_format": "%Y-%m-%dT%H:%M:%SZ"}
+    for frame, out in zip(forecasts, outputs, strict=True):
+        atomic_write(out, lambda tmp, f=frame: f.to_csv(tmp, **csv), suffix=".csv")
+    print(
+        f"wrote {len(outputs)} forecast(s) of {args.steps} steps: "
+        + ", ".join(str(o) for o in outputs[:5])
+        + (" ..." if len(outputs) > 5 else "")
+    )
+
+
 def parse_token_range(text: str) -> list[int]:
     """'0-5' -> [0, 1, 2, 3, 4, 5] (inclusive, as the seed's --test-token-range)."""
     try:
@@ -128,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=".")
     _add_data_dir(p)
     p.set_defaults(func=_cmd_plot)
+    from pumpcast.trainer_cli import add_data_flags, add_model_flags, add_test_flags, add_train_flags
+
+    p = sub.add_parser("train", help="train a forecaster on a store (synthetic data is made if it is empty)")
+    add_model_flags(p)
+    add_data_flags(p)
+    add_train_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="forecast test parts with a saved model: metrics vs persistence, plots")
+    add_data_flags(p)
+    add_test_flags(p)
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("predict", help="forecast new histories (CSV as `pumpcast export` writes them)")
+    p.add_argument("--load-model", required=True)
+    p.add_argument("--input", required=True, help="a history CSV, or a folder of them (batched together)")
+    p.add_argument("--steps", type=int, required=True, help="steps to forecast")
+    p.add_argument("--output", required=True, help="forecast CSV, or a folder when --input is a folder")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -35,6 +35,8 @@ from pumpcast.schema import (
 )
 
 CHUNK_ROWS = 1024
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Any, suffix: str = "") -> None:
@@ -44,15 +46,27 @@ def atomic_write(path: Path, write: Any, suffix: str = "") -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should look like any new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers reject them."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False)))
+    """Write strict JSON atomically."""
+    atomic_write(path, lambda p: p.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False)))
 
 
 def iso(ms: int) -> str:

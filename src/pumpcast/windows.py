@@ -25,6 +25,7 @@ from pumpcast.schema import BUYS, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, SELLS,
 
 LEVEL = (PRICE, LIQUIDITY, MARKET_CAP)
 ACTIVITY = (VOLUME, BUYS, SELLS)
+assert ACTIVITY[0] == VOLUME
 NORM_DTYPE = np.dtype([("feature", "S16"), ("transform", "S16"), ("center", "<f8"), ("scale", "<f8")])
 
 
@@ -41,6 +42,7 @@ def relative(base: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Base values of windows (B, W, 6) -> values relative to each window's inputs, and the references (B, 6).
 
     Reference: last input step for level features, mean input activity for activity features.
+    ACTIVITY must start with VOLUME (checked at import).
     """
     ref = np.empty(base.shape[:1] + base.shape[2:], dtype=np.float64)
     rel = np.empty_like(base, dtype=np.float64)
@@ -50,9 +52,17 @@ def relative(base: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         mean = np.nanmean(
             np.where(np.isfinite(base[:, :seq_len, ACTIVITY]), base[:, :seq_len, ACTIVITY], np.nan), axis=1
         )
-    mean = np.where(np.isfinite(mean) & (mean > 0), mean, 1.0)  # an idle or absent window keeps unit scale
+    idle = ~(np.isfinite(mean) & (mean > 0))
+    # Trade counts are unitless, so an idle window keeps a scale of one trade; volume has a currency unit and
+    # no scale can be read off an idle window: its volume is then unknown (masked), not guessed.
+    mean[:, 1:] = np.where(idle[:, 1:], 1.0, mean[:, 1:])
+    mean[:, 0] = np.where(idle[:, 0], np.nan, mean[:, 0])
     ref[:, ACTIVITY] = mean
-    rel[..., ACTIVITY] = np.log1p(base[..., ACTIVITY] / mean[:, None, :])
+    with np.errstate(invalid="ignore"):
+        rel[..., ACTIVITY] = np.log1p(base[..., ACTIVITY] / mean[:, None, :])
+    rel[:, :seq_len, VOLUME] = np.where(
+        idle[:, None, 0] & np.isfinite(base[:, :seq_len, VOLUME]), 0.0, rel[:, :seq_len, VOLUME]
+    )  # idle inputs are known zeros
     return rel, ref
 
 
@@ -79,6 +89,7 @@ class Normalizer:
         raw = np.empty_like(rel)
         raw[..., LEVEL] = np.exp(rel[..., LEVEL] + ref[:, None, LEVEL])
         raw[..., ACTIVITY] = np.expm1(np.maximum(rel[..., ACTIVITY], 0.0)) * ref[:, None, ACTIVITY]
+        raw[..., VOLUME] = np.where(np.isfinite(ref[:, None, VOLUME]), raw[..., VOLUME], 0.0)  # idle stays idle
         return raw
 
     def to_array(self) -> np.ndarray:

@@ -1,0 +1,122 @@
+"""Forecasts from a trained model, without the training framework: rollouts on the model's own predictions.
+
+A rollout feeds the last seq_len known steps to the model, appends its next `horizon` predicted steps (all six
+features) to the history, and repeats. It never reads a value past the forecast origin: the only inputs are
+the history given and the model's own outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.schema import FEATURES, PumpcastError
+from pumpcast.windows import relative, to_base
+
+#: A predicted step's normalised value is clipped to this many training standard deviations, so that a
+#: long rollout cannot overflow.
+CLIP = 20.0
+
+
+class Forecaster:
+    """Load once, forecast many: `Forecaster.load("model_v2.pth").predict([history_frame], steps=100)`."""
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu"):
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.model = bundle.model.to(self.device).eval()
+        self.seq_len = bundle.config.seq_len
+        self.horizon = bundle.config.horizon
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Forecaster:
+        return cls(load_model_file(path), device)
+
+    @torch.inference_mode()
+    def rollout(self, history: np.ndarray, steps: int) -> np.ndarray:
+        """Raw histories (B, T >= seq_len, 6), NaN where absent -> raw forecasts (B, steps, 6).
+
+        Features absent at the last history step stay absent (NaN) in the forecast.
+        """
+        history = np.asarray(history, dtype=np.float64)
+        if history.ndim != 3 or history.shape[2] != len(FEATURES):
+            raise PumpcastError(f"history must have shape (batch, steps, {len(FEATURES)}), got {history.shape}")
+        if history.shape[1] < self.seq_len:
+            raise PumpcastError(
+                f"history has {history.shape[1]} steps; this model needs at least seq_length={self.seq_len}"
+            )
+        absent = ~np.isfinite(history[:, -1])  # (B, 6)
+        window = to_base(history[:, -self.seq_len :])  # (B, L, 6) base values, updated as we go
+        out = np.empty((history.shape[0], steps, len(FEATURES)))
+        norm = self.bundle.normalizer
+        done = 0
+        while done < steps:
+            rel, ref = relative(window, self.seq_len)
+            z, mask = norm.normalize(rel)
+            pred = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
+            pred = np.clip(pred.float().cpu().numpy(), -CLIP, CLIP)
+            raw = norm.denormalize(pred, ref)  # (B, H, 6)
+            raw[..., 3:5] = np.maximum(raw[..., 3:5], 0.0)
+            raw = np.where(absent[:, None, :], np.nan, raw)
+            take = min(self.horizon, steps - done)
+            out[:, done : done + take] = raw[:, :take]
+            window = np.concatenate([window[:, take:], to_base(raw[:, :take])], axis=1)
+            done += take
+        return out
+
+    def predict(self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int) -> list[pd.DataFrame]:
+        """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together.
+
+        Returns one frame per history: a row per future step, the six predicted features (and `time` when
+        the history frame has a time column).
+        """
+        arrays, times = [], []
+        for i, h in enumerate(histories):
+            arr, t = history_array(h, name=f"history {i}")
+            arrays.append(arr[-self.seq_len :] if arr.shape[0] >= self.seq_len else arr)
+            times.append(t)
+        too_short = [i for i, a in enumerate(arrays) if a.shape[0] < self.seq_len]
+        if too_short:
+            raise PumpcastError(
+                f"history {too_short[0]} has {arrays[too_short[0]].shape[0]} steps; this model needs at least "
+                f"seq_length={self.seq_len}"
+            )
+        forecast = self.rollout(np.stack(arrays), steps)
+        frames = []
+        for i, t in enumerate(times):
+            frame = pd.DataFrame(forecast[i], columns=list(FEATURES))
+            frame.insert(0, "step", np.arange(1, steps + 1))
+            if t is not None:
+                interval = self.bundle.data_config.get("interval_ms", 60_000)
+                last = t.iloc[-1]
+                frame.insert(0, "time", [last + pd.Timedelta(milliseconds=interval * k) for k in range(1, steps + 1)])
+            frames.append(frame)
+        return frames
+
+
+def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> tuple[np.ndarray, pd.Series | None]:
+    """A history as a (T, 6) float array (NaN where absent) and its times, if any; one-line errors."""
+    if isinstance(history, np.ndarray):
+        if history.ndim != 2 or history.shape[1] != len(FEATURES):
+            raise PumpcastError(f"{name}: expected shape (steps, {len(FEATURES)}), got {history.shape}")
+        return history.astype(np.float64), None
+    missing = [f for f in FEATURES if f not in history.columns]
+    if missing:
+        raise PumpcastError(
+            f"{name}: missing column(s) {missing}; a history has time,{','.join(FEATURES)} (leave absent "
+            "features empty, as `pumpcast export` writes them)"
+        )
+    values = history[list(FEATURES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    price = values[:, 0]
+    if not (np.isfinite(price) & (price > 0)).all():
+        row = int(np.flatnonzero(~(np.isfinite(price) & (price > 0)))[0])
+        raise PumpcastError(f"{name}: column 'price' row {row + 2} is not a positive number")
+    times = None
+    if "time" in history.columns:
+        times = pd.to_datetime(history["time"], utc=True, format="ISO8601")
+    return values, times

@@ -1,0 +1,107 @@
+"""The forecaster: a transformer encoder over embedded, position-encoded windows, with an MLP head.
+
+Read top to bottom: inputs (values + availability mask) -> per-step Linear or patching Conv1D embedding ->
+sinusoidal positions -> encoder -> pooled summary -> MLP -> the next `horizon` steps of all six features
+(normalised, window-relative; price as log change from the last input step). Predicting every feature, not
+only price, lets long rollouts continue on the model's own predictions without peeking at future covariates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from pumpcast.schema import FEATURES, PumpcastError
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the network; stored in every model file so the file rebuilds its own model."""
+
+    n_features: int = len(FEATURES)
+    seq_len: int = 500
+    horizon: int = 16  # direct multi-step output; see README "Forecast horizon"
+    embedding: str = "conv"  # "conv": patching Conv1D (kernel = stride = patch_len); "linear": per step
+    patch_len: int = 16
+    embed_size: int = 64
+    nhead: int = 4
+    num_layers: int = 2
+    dim_feedforward: int = 256
+    dropout: float = 0.0
+    head_hidden: int = 256
+
+    def __post_init__(self) -> None:
+        if self.embedding not in ("conv", "linear"):
+            raise PumpcastError(f"--embedding {self.embedding!r}: choose conv or linear")
+        if self.embed_size % self.nhead:
+            raise PumpcastError(f"--embed-size {self.embed_size} must be divisible by --nhead {self.nhead}")
+        if min(self.seq_len, self.horizon, self.patch_len, self.num_layers) < 1:
+            raise PumpcastError("--seq-length, --horizon, --patch-len and --num-layers must be >= 1")
+
+    @property
+    def n_tokens(self) -> int:
+        """Length of the sequence the encoder sees."""
+        return math.ceil(self.seq_len / self.patch_len) if self.embedding == "conv" else self.seq_len
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) fixed sinusoidal position encoding (Vaswani et al.)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n, dim)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return pe
+
+
+class PumpcastTransformer(nn.Module):
+    """Window (B, L, F) + mask (B, L, F) -> forecast (B, horizon, F)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        in_ch = 2 * c.n_features  # values and their availability mask
+        if c.embedding == "conv":
+            self.embed = nn.Conv1d(in_ch, c.embed_size, kernel_size=c.patch_len, stride=c.patch_len)
+        else:
+            self.embed = nn.Linear(in_ch, c.embed_size)
+        self.register_buffer("pos", sinusoidal_positions(c.n_tokens, c.embed_size), persistent=False)
+        layer = nn.TransformerEncoderLayer(
+            c.embed_size, c.nhead, c.dim_feedforward, c.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, c.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.embed_size)
+        self.head = nn.Sequential(
+            nn.Linear(2 * c.embed_size, c.head_hidden),
+            nn.GELU(),
+            nn.Dropout(c.dropout),
+            nn.Linear(c.head_hidden, c.head_hidden),
+            nn.GELU(),
+            nn.Linear(c.head_hidden, c.horizon * c.n_features),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        m = mask.to(x.dtype)
+        h = torch.cat([x * m, m], dim=-1)  # (B, L, 2F): absent values are masked, never read
+        if c.embedding == "conv":
+            pad = c.n_tokens * c.patch_len - h.shape[1]  # left-pad to whole patches (mask 0 = absent)
+            h = nn.functional.pad(h.transpose(1, 2), (pad, 0))  # (B, 2F, n_tokens * P)
+            h = self.embed(h).transpose(1, 2)  # (B, n_tokens, E)
+        else:
+            h = self.embed(h)  # (B, L, E)
+        h = h + self.pos[: h.shape[1]]
+        h = self.norm(self.encoder(h))  # (B, n_tokens, E)
+        summary = torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)  # (B, 2E): latest patch + whole window
+        return self.head(summary).view(-1, c.horizon, c.n_features)  # (B, H, F)

@@ -1,0 +1,56 @@
+"""Writes tests/data/model_v{FORMAT_VERSION}.pth and its expected forecast. Run once per new model format and
+commit both files; never regenerate an existing one (that would hide a loading regression).
+
+    python tests/data/make_model_files.py
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pumpcast.model import ModelConfig, PumpcastTransformer
+from pumpcast.modelfile import FORMAT_VERSION, ModelBundle, save_model_file
+from pumpcast.windows import Normalizer
+
+HERE = Path(__file__).parent
+
+
+def history() -> np.ndarray:
+    """The fixed history the expected forecast is made from (2 tokens x 40 steps, liquidity absent)."""
+    rng = np.random.default_rng(0)
+    h = np.abs(rng.normal(1.0, 0.05, (2, 40, 6))) + 0.01
+    h[:, :, 2] = np.nan
+    return h
+
+
+def main() -> None:
+    from pumpcast.forecasting import Forecaster
+
+    path = HERE / f"model_v{FORMAT_VERSION}.pth"
+    if path.exists():
+        raise SystemExit(f"{path} exists: keep it; it guards loading of this format")
+    torch.manual_seed(0)
+    config = ModelConfig(
+        seq_len=32,
+        horizon=4,
+        embedding="conv",
+        patch_len=8,
+        embed_size=16,
+        nhead=2,
+        num_layers=1,
+        dim_feedforward=32,
+        head_hidden=32,
+    )
+    bundle = ModelBundle(
+        PumpcastTransformer(config).eval(),
+        Normalizer(np.full(6, 0.01), np.full(6, 0.5)),
+        data_config={"interval_ms": 60_000},
+        metrics={"best_val_loss": 0.0},
+    )
+    save_model_file(bundle, path)
+    np.save(HERE / f"model_v{FORMAT_VERSION}_forecast.npy", Forecaster.load(path).rollout(history(), 10))
+
+
+if __name__ == "__main__":
+    main()
