@@ -117,6 +117,7 @@ def test_windows_are_lazy_and_correct():
     batch = ds.__getitems__([i])
     window = series[3][123 : 123 + L + H][None]
     rel, ref = relative(to_base(window), L)
+    assert np.array_equal(ds.normalizer.center, np.zeros((2, 6)))  # identity until fitted
     np.testing.assert_allclose(batch["x"][0].numpy(), rel[0, :L], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(batch["y"][0].numpy(), rel[0, L:], rtol=1e-4, atol=1e-5)
     assert int(batch["token"][0]) == 3 and int(batch["start"][0]) == 123
@@ -125,13 +126,23 @@ def test_windows_are_lazy_and_correct():
     np.testing.assert_allclose(back[0], window[0, L:], rtol=1e-4)
 
 
+def test_targets_get_their_own_scale_and_prices_stay_centred_on_no_change():
+    rng = np.random.default_rng(2)
+    f = np.exp(np.cumsum(rng.normal(0, 0.01, (2000, 6)), axis=0))
+    norm = Normalizer.fit(WindowDataset({0: f}, {0: (0, 2000)}, 200, 8))
+    assert norm.center[0, 0] == norm.center[1, 0] == 0.0
+    assert norm.scale[1, 0] < norm.scale[0, 0] / 3  # 8 steps ahead vary far less than 200 steps back
+    back = Normalizer.from_array(norm.to_array())
+    np.testing.assert_array_equal(back.scale, norm.scale)
+
+
 def test_normalization_is_fitted_on_training_windows_only():
     rng = np.random.default_rng(0)
     series = {0: np.abs(rng.normal(1, 0.01, (400, 6))) + 0.01}
     series[0][200:] *= np.exp(rng.normal(0, 0.5, (200, 6)))  # wild test period
     train = WindowDataset(series, {0: (0, 200)}, 50, 5)
     both = WindowDataset(series, {0: (0, 400)}, 50, 5)
-    assert Normalizer.fit(train).scale[0] < Normalizer.fit(both).scale[0] / 5
+    assert Normalizer.fit(train).scale[0, 0] < Normalizer.fit(both).scale[0, 0] / 5
 
 
 def test_scale_free_across_price_levels():

@@ -57,7 +57,7 @@ class Forecaster:
         done = 0
         while done < steps:
             rel, ref = relative(window, self.seq_len)
-            z, mask = norm.normalize(rel)
+            z, mask = norm.normalize(rel, self.seq_len)
             pred = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
             pred = np.clip(pred.float().cpu().numpy(), -CLIP, CLIP)
             raw = norm.denormalize(pred, ref)  # (B, H, 6)

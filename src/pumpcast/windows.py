@@ -26,7 +26,16 @@ from pumpcast.schema import BUYS, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, SELLS,
 LEVEL = (PRICE, LIQUIDITY, MARKET_CAP)
 ACTIVITY = (VOLUME, BUYS, SELLS)
 assert ACTIVITY[0] == VOLUME
-NORM_DTYPE = np.dtype([("feature", "S16"), ("transform", "S16"), ("center", "<f8"), ("scale", "<f8")])
+NORM_DTYPE = np.dtype(
+    [
+        ("feature", "S16"),
+        ("transform", "S16"),
+        ("input_center", "<f8"),
+        ("input_scale", "<f8"),
+        ("target_center", "<f8"),
+        ("target_scale", "<f8"),
+    ]
+)
 
 
 def to_base(raw: np.ndarray) -> np.ndarray:
@@ -67,25 +76,34 @@ def relative(base: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Normalizer:
-    """Per-feature centre and scale of window-relative values, fitted on training windows only."""
+    """Per-feature centre and scale of window-relative values, one pair for input steps and one for target
+    steps, fitted on training windows only.
+
+    Inputs and targets get their own scale because they differ by orders of magnitude: a price 500 steps back
+    is far from the last input step, the next 16 steps are close to it. With one shared scale the price
+    targets would be tiny and the loss would hardly see them.
+    """
 
     def __init__(self, center: np.ndarray, scale: np.ndarray):
-        self.center = np.asarray(center, dtype=np.float64)
-        self.scale = np.asarray(scale, dtype=np.float64)
+        # (2, 6): row 0 for input steps, row 1 for target steps; a (6,) pair serves both
+        self.center = np.broadcast_to(np.asarray(center, dtype=np.float64), (2, len(FEATURES))).copy()
+        self.scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (2, len(FEATURES))).copy()
 
     @classmethod
     def identity(cls) -> Normalizer:
         return cls(np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
 
-    def normalize(self, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Relative values -> (normalised float32 with absent set to 0, mask)."""
+    def normalize(self, rel: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Relative values (B, W, 6) whose first seq_len steps are inputs -> (normalised float32 with absent
+        set to 0, mask)."""
         mask = np.isfinite(rel)
-        z = np.where(mask, (rel - self.center) / self.scale, 0.0).astype(np.float32)
-        return z, mask
+        row = (np.arange(rel.shape[1]) >= seq_len).astype(int)  # 0 for inputs, 1 for targets
+        z = (rel - self.center[row]) / self.scale[row]
+        return np.where(mask, z, 0.0).astype(np.float32), mask
 
     def denormalize(self, z: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        """Normalised values (B, H, 6) and references (B, 6) -> raw features (B, H, 6)."""
-        rel = np.asarray(z, dtype=np.float64) * self.scale + self.center
+        """Normalised target values (B, H, 6) and references (B, 6) -> raw features (B, H, 6)."""
+        rel = np.clip(np.asarray(z, dtype=np.float64) * self.scale[1] + self.center[1], -50.0, 50.0)
         raw = np.empty_like(rel)
         raw[..., LEVEL] = np.exp(rel[..., LEVEL] + ref[:, None, LEVEL])
         raw[..., ACTIVITY] = np.expm1(np.maximum(rel[..., ACTIVITY], 0.0)) * ref[:, None, ACTIVITY]
@@ -97,7 +115,14 @@ class Normalizer:
         arr = np.zeros(len(FEATURES), dtype=NORM_DTYPE)
         for i, name in enumerate(FEATURES):
             kind = "log_rel_last" if i in LEVEL else "log1p_rel_mean"
-            arr[i] = (name.encode(), kind.encode(), self.center[i], self.scale[i])
+            arr[i] = (
+                name.encode(),
+                kind.encode(),
+                self.center[0, i],
+                self.scale[0, i],
+                self.center[1, i],
+                self.scale[1, i],
+            )
         return arr
 
     @classmethod
@@ -105,7 +130,9 @@ class Normalizer:
         names = [n.decode() for n in arr["feature"]]
         if names != list(FEATURES):
             raise PumpcastError(f"normalization params name features {names}, expected {list(FEATURES)}")
-        return cls(arr["center"], arr["scale"])
+        return cls(
+            np.stack([arr["input_center"], arr["target_center"]]), np.stack([arr["input_scale"], arr["target_scale"]])
+        )
 
     @classmethod
     def fit(cls, dataset: WindowDataset, max_windows: int = 4096, seed: int = 0) -> Normalizer:
@@ -113,12 +140,19 @@ class Normalizer:
         n = len(dataset)
         idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_windows), replace=False))
         rel, _ = relative(dataset.gather_base(idx), dataset.seq_len)
-        center = np.zeros(len(FEATURES))
-        scale = np.ones(len(FEATURES))
-        for f in range(len(FEATURES)):
-            v = rel[..., f][np.isfinite(rel[..., f])]
-            if v.size > 1 and v.std() > 1e-8:
-                center[f], scale[f] = v.mean(), v.std()
+        center = np.zeros((2, len(FEATURES)))
+        scale = np.ones((2, len(FEATURES)))
+        for row, part in enumerate((rel[:, : dataset.seq_len], rel[:, dataset.seq_len :])):
+            for f in range(len(FEATURES)):
+                v = part[..., f][np.isfinite(part[..., f])]
+                if v.size < 2:
+                    continue
+                # Level features stay centred on 0 = "no change since the last input step", so a model with
+                # no information predicts persistence instead of a drift that long rollouts compound.
+                c = 0.0 if f in LEVEL else v.mean()
+                s = np.sqrt(((v - c) ** 2).mean())
+                if s > 1e-8:
+                    center[row, f], scale[row, f] = c, s
         return cls(center, scale)
 
 
@@ -178,7 +212,7 @@ class WindowDataset(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         k, start = self.locate(idx)
         rel, ref = relative(self.gather_base(idx), self.seq_len)
-        z, mask = self.normalizer.normalize(rel)
+        z, mask = self.normalizer.normalize(rel, self.seq_len)
         L = self.seq_len
         return {
             "x": torch.from_numpy(z[:, :L]),
