@@ -16,7 +16,6 @@ from pumpcast.ingest import candles_to_bars, ingest_files, trades_to_bars
 from pumpcast.schema import PumpcastError
 from pumpcast.simulator import generate_to_store
 from pumpcast.store import TokenDataManager
-from pumpcast.windows import WindowDataset, require_windows
 
 
 def _trades(tmp_path, name="t.csv", **overrides):
@@ -178,10 +177,26 @@ def test_duplicated_candles(tmp_path, caplog):
         candles_to_bars(path)
 
 
-def test_too_few_steps_for_a_window():
-    ds = WindowDataset({0: np.ones((100, 6))}, {0: (0, 100)}, seq_len=90, horizon=16)
-    with pytest.raises(PumpcastError, match="no window of 90 input"):
-        require_windows(ds, "train", "lower --seq-length")
+def test_too_few_steps_for_a_window(tmp_path, capsys):
+    generate_to_store(tmp_path / "data", num_tokens=2, timesteps=200, seed=0)
+    argv = [
+        "train",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--seq-length",
+        "90",
+        "--horizon",
+        "16",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--save-model",
+        str(tmp_path / "m.pth"),
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "train split has no window of 90 input + 16 target steps" in err and "--seq-length" in err
+    assert not (tmp_path / "m.pth").exists()
 
 
 def test_corrupt_or_truncated_h5(capsys, store_dir):

@@ -68,12 +68,10 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from pumpcast.trainer_cli import train_config
-    from pumpcast.training import fit
+    from pumpcast.trainer_cli import run_pump_trainer
 
-    result = fit(train_config(args))
-    where = f" -> {result.model_path}" if result.model_path else ""
-    print(f"trained {result.epochs_run} epoch(s); best validation loss {result.best_val_loss:.4f}{where}")
+    args.test_mode, args.skip_test = False, True
+    run_pump_trainer(args)
 
 
 def _cmd_test(args: argparse.Namespace) -> None:
@@ -114,6 +112,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         + ", ".join(str(o) for o in outputs[:5])
         + (" ..." if len(outputs) > 5 else "")
     )
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from pumpcast.trainer_cli import make_tracker
+    from pumpcast.tuning import show, tune
+
+    if args.show:
+        print(show(args))
+        return
+    tune(args, make_tracker(args))
 
 
 def parse_token_range(text: str) -> list[int]:
@@ -177,17 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=".")
     _add_data_dir(p)
     p.set_defaults(func=_cmd_plot)
-    from pumpcast.trainer_cli import add_data_flags, add_model_flags, add_test_flags, add_train_flags
+    from pumpcast.trainer_cli import (
+        add_data_flags,
+        add_model_flags,
+        add_test_flags,
+        add_tracking_flags,
+        add_train_flags,
+    )
+    from pumpcast.tuning import add_config_flag, add_tune_flags
 
     p = sub.add_parser("train", help="train a forecaster on a store (synthetic data is made if it is empty)")
     add_model_flags(p)
     add_data_flags(p)
     add_train_flags(p)
+    add_tracking_flags(p)
+    add_config_flag(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (several workers may share one study)")
+    p.add_argument("--show", action="store_true", help="print the study's best trials and exit")
+    add_model_flags(p)
+    add_data_flags(p)
+    add_train_flags(p)
+    add_tune_flags(p)
+    add_tracking_flags(p)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("test", help="forecast test parts with a saved model: metrics vs persistence, plots")
     add_data_flags(p)
     add_test_flags(p)
+    add_tracking_flags(p)
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("predict", help="forecast new histories (CSV as `pumpcast export` writes them)")
@@ -202,15 +229,37 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     """Parse and run; a PumpcastError becomes one line on stderr and exit status 2."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not verbose and hasattr(args, "epochs"):  # training commands: our output, not framework chatter
+        from pumpcast.training import quiet_lightning
+
+        quiet_lightning()
     try:
+        if getattr(args, "config", None):
+            args = _with_config(parser, args, argv)
         args.func(args)
+
     except PumpcastError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None):
+    """Re-parse with the --config file's values as defaults, so flags on the command line still win."""
+    import json
+
+    path = Path(args.config)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PumpcastError(f"{path}: unreadable config ({exc}); it must be a JSON object of flag values") from exc
+    unknown = [k for k in values if not hasattr(args, k) or k.startswith("_")]
+    if not isinstance(values, dict) or unknown:
+        raise PumpcastError(f"{path}: unknown setting(s) {unknown}; keys are flag names with _ for -")
+    args._parser.set_defaults(**values)
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ are changed, as the README lists, and the seed's explicit values still work.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from pumpcast.schema import PumpcastError
@@ -54,7 +55,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.ckpt")
     g.add_argument("--save-model", default="model_v2.pth", help="model file to write (default model_v2.pth)")
     g.add_argument("--accelerator", default="auto", help="auto (CUDA with bf16 if present, else CPU), cpu, gpu")
-    g.add_argument("--devices", default="auto", help="number of devices, or auto")
+    g.add_argument("--devices", default="auto", help="devices (processes) per node, or auto")
+    g.add_argument(
+        "--strategy",
+        default="auto",
+        help="auto, or ddp: one process per device, gradients averaged "
+        "(gloo on CPU, NCCL on GPUs); --batch-size is per process",
+    )
+    g.add_argument("--num-nodes", type=int, default=1, help="machines in a ddp run (default 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,6 +88,16 @@ def build_trainer_parser() -> argparse.ArgumentParser:
     add_data_flags(p)
     add_train_flags(p)
     add_test_flags(p)
+    add_tracking_flags(p)
+    from pumpcast.tuning import add_config_flag, add_tune_flags
+
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="tune hyperparameters with Optuna first, then train the final model with the best trial's",
+    )
+    add_tune_flags(p)
+    add_config_flag(p)
     p.set_defaults(func=run_pump_trainer)
     return p
 
@@ -126,36 +144,120 @@ def train_config(args: argparse.Namespace):
     )
 
 
+def add_tracking_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder)",
+    )
+    g.add_argument("--experiment-name", default="pumpcast", help="MLflow experiment (default pumpcast)")
+    g.add_argument("--no-mlflow", action="store_true", help="turn tracking off")
+    g.add_argument("--register-model", metavar="NAME", help="register the trained model under NAME")
+
+
+def is_global_rank_zero() -> bool:
+    """False in the extra processes of a data-parallel run (Lightning's launcher and multi-node launches set
+    these variables); they must not open tracking runs or write outputs."""
+    env = os.environ
+    if "RANK" in env:
+        return env["RANK"] == "0"
+    return env.get("NODE_RANK", "0") == "0" and env.get("LOCAL_RANK", "0") == "0"
+
+
+def make_tracker(args: argparse.Namespace):
+    from pumpcast.tracking import Tracker
+
+    enabled = not getattr(args, "no_mlflow", False) and is_global_rank_zero()
+    return Tracker(getattr(args, "tracking_uri", None), getattr(args, "experiment_name", "pumpcast"), enabled)
+
+
 def run_pump_trainer(args: argparse.Namespace) -> None:
-    """Train (unless --test-mode), then test on the selected tokens and write the plots."""
-    from pumpcast.forecasting import Forecaster
+    """Train (unless --test-mode), then test on the selected tokens and write the plots; one MLflow run."""
+    tracker = make_tracker(args)
+    if getattr(args, "optimize", False) and not args.test_mode:
+        from pumpcast.tuning import tune
+
+        best = tune(args, tracker)
+        for key, value in best.items():
+            setattr(args, key, value)
+        print(f"training the final model with the best trial's parameters: {best}")
+    kind = "test" if args.test_mode else "train"
+    with tracker.run(kind, tags={"pumpcast.command": kind}):
+        tracker.log_params(
+            {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func" and v is not None}
+        )
+        trained = _test_mode_model(args) if args.test_mode else _train(args, tracker)
+        if trained is None:  # a data-parallel process other than rank 0: rank 0 tests and writes
+            return
+        bundle, store, split, model_path = trained
+        if model_path and args.register_model:
+            version = tracker.register_model(model_path, args.register_model)
+            if version:
+                print(f"registered model {args.register_model} version {version}")
+        if getattr(args, "skip_test", False):
+            return
+        from pumpcast.forecasting import Forecaster
+        from pumpcast.tracking import flatten
+
+        report = run_test(args, Forecaster(bundle), store, split)
+        metrics = {
+            k: v
+            for k, v in flatten("test", {n: report[n]["metrics"] for n in ("short", "extended")}).items()
+            if k.split(".")[-1] != "n"
+        }
+        tracker.log_metrics(metrics)
+        out = Path(args.output_dir)
+        for rel in (
+            "predictions/metrics.json",
+            "predictions/prediction_short.png",
+            "predictions/prediction_extended.png",
+            "img/data_splits.png",
+        ):
+            tracker.log_artifact(out / rel, str(Path(rel).parent))
+        for t in report["tokens"]:
+            tracker.log_artifact(out / "img" / f"token_{t}", f"img/token_{t}")
+        tracker.log_artifact(store.split_path)
+
+
+def _test_mode_model(args: argparse.Namespace):
+    """--test-mode: the saved model, the store (generated if empty) and the split it was trained with."""
     from pumpcast.modelfile import load_model_file
     from pumpcast.simulator import generate_to_store
     from pumpcast.splits import Split, make_split
     from pumpcast.store import TokenDataManager
 
-    if args.test_mode:
-        if not args.load_model:
-            raise PumpcastError("--test-mode needs --load-model MODEL.pth")
-        bundle = load_model_file(args.load_model)
-        store = TokenDataManager(args.data_dir)
-        if len(store) == 0:
-            generate_to_store(args.data_dir, args.num_tokens, args.timesteps, args.seed)
-        stored = store.load_split()
-        if stored and stored["strategy"] == args.split_strategy:
-            split = Split.from_json(stored)
-        else:
-            split = make_split(
-                store.lengths(), args.split_strategy, seed=args.seed, train_token_ratio=args.train_token_ratio
-            )
+    if not args.load_model:
+        raise PumpcastError("--test-mode needs --load-model MODEL.pth")
+    bundle = load_model_file(args.load_model)
+    store = TokenDataManager(args.data_dir)
+    if len(store) == 0:
+        generate_to_store(args.data_dir, args.num_tokens, args.timesteps, args.seed)
+    stored = store.load_split()
+    if stored and stored["strategy"] == args.split_strategy:
+        split = Split.from_json(stored)
     else:
-        from pumpcast.training import fit
+        split = make_split(
+            store.lengths(), args.split_strategy, seed=args.seed, train_token_ratio=args.train_token_ratio
+        )
+    return bundle, store, split, None
 
-        result = fit(train_config(args))
-        bundle, store, split = result.bundle, result.data.store, result.data.split
-        where = f" -> {result.model_path}" if result.model_path else ""
-        print(f"trained {result.epochs_run} epoch(s); best validation loss {result.best_val_loss:.4f}{where}")
-    run_test(args, Forecaster(bundle), store, split)
+
+def _train(args: argparse.Namespace, tracker):
+    from pumpcast.tracking import MLflowEpochLogger
+    from pumpcast.training import fit
+
+    result = fit(train_config(args), extra_callbacks=[MLflowEpochLogger(tracker)])
+    if result is None:
+        return None
+    where = f" -> {result.model_path}" if result.model_path else ""
+    print(f"trained {result.epochs_run} epoch(s); best validation loss {result.best_val_loss:.4f}{where}")
+    tracker.log_metrics({"best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run})
+    tracker.log_params(
+        {"data.train_windows_rank0": len(result.data.train), "data.world_size": result.bundle.data_config["world_size"]}
+    )
+    if result.model_path:
+        tracker.log_artifact(result.model_path)
+    return result.bundle, result.data.store, result.data.split, result.model_path
 
 
 def run_test(args: argparse.Namespace, forecaster, store, split) -> dict:

@@ -6,11 +6,14 @@ Model logic lives in model.py; this module owns only how it is trained.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Sampler
 
 from pumpcast.model import ModelConfig, PumpcastTransformer
@@ -27,7 +31,15 @@ from pumpcast.schema import PRICE, PumpcastError
 from pumpcast.simulator import generate_to_store
 from pumpcast.splits import Split, make_split
 from pumpcast.store import TokenDataManager
-from pumpcast.windows import Normalizer, WindowDataset, collate_batch, require_windows
+from pumpcast.windows import Normalizer, WindowDataset, collate_batch, window_span
+
+
+def quiet_lightning() -> None:
+    """Keep the terminal for pumpcast's own output: no framework tips, no known-harmless deprecations."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch 2.13
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 @dataclass
@@ -57,6 +69,10 @@ class TrainConfig:
     save_model: str | None = "model_v2.pth"
     accelerator: str = "auto"
     devices: int | str = "auto"
+    strategy: str = "auto"  # "ddp" for data-parallel processes (gloo on CPU, NCCL on GPUs)
+    num_nodes: int = 1
+    ddp_timeout_s: int = 300  # a process that stops answering fails the run instead of hanging it
+    write_store_files: bool = True  # split_info.json and normalization_params.npy (tuning trials skip them)
     progress_bar: bool = True
 
 
@@ -79,7 +95,6 @@ class ForecastModule(pl.LightningModule):
         learning_rate: float,
         weight_decay: float,
         warmup_steps: int,
-        total_steps: int,
         aux_weight: float,
     ):
         super().__init__()
@@ -106,7 +121,8 @@ class ForecastModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        warm, total = max(1, hp.warmup_steps), max(hp.total_steps, hp.warmup_steps + 1)
+        total = max(2, int(self.trainer.estimated_stepping_batches))
+        warm = max(1, min(hp.warmup_steps, total // 10))
 
         def factor(step: int) -> float:  # linear warm-up, then cosine decay to 10% of the peak
             if step < warm:
@@ -139,22 +155,40 @@ class ForecastModule(pl.LightningModule):
             random.setstate((version, tuple(state), gauss_py))
 
 
-class EpochSeededSampler(Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch): an epoch's order is the same whether the run was
-    resumed or not."""
+class ShardSampler(Sampler[int]):
+    """Exactly `length` window indices of this process's shard per epoch, shuffled with a generator seeded by
+    (seed, epoch, rank): an epoch's order is the same whether the run was resumed or not, and every process
+    runs the same number of batches, so data-parallel training never waits on a process that ran out."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n_local: int, length: int, seed: int, rank: int = 0, shuffle: bool = True):
+        self.n_local, self.length, self.seed, self.rank, self.shuffle = n_local, length, seed, rank, shuffle
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch * 1_009 + self.rank)
+            order = torch.randperm(self.n_local, generator=g)
+        else:
+            order = torch.arange(self.n_local)
+        reps = -(-self.length // max(1, self.n_local))  # a shard smaller than its share repeats windows
+        return iter(order.repeat(reps)[: self.length].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.length
+
+
+def shard_tokens(counts: dict[int, int], world: int) -> list[list[int]]:
+    """Tokens per process, balanced by window count (largest first onto the lightest shard); deterministic."""
+    shards: list[list[int]] = [[] for _ in range(world)]
+    load = [0] * world
+    for t in sorted(counts, key=lambda t: (-counts[t], t)):
+        k = min(range(world), key=lambda i: (load[i], i))
+        shards[k].append(t)
+        load[k] += counts[t]
+    return [sorted(s) for s in shards]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -201,48 +235,89 @@ class Throughput(Callback):
         pl_module.log("epoch_samples_per_s", rate)
 
 
-@dataclass
-class PreparedData:
-    """The store's data for one run: split, normalisation fitted on training windows, datasets."""
+class PumpcastDataModule(pl.LightningDataModule):
+    """Data for one run. prepare_data (global rank 0 only): generate synthetic data if the store is empty,
+    split, fit the normalisation on training windows, record both in the store. setup (every process): load
+    only this process's shard of tokens (balanced by window count), so no process holds the whole store."""
 
-    store: TokenDataManager
-    split: Split
-    normalizer: Normalizer
-    train: WindowDataset
-    val: WindowDataset
-    series: dict[int, np.ndarray]
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.prepare_data_per_node = False
+        self.store = TokenDataManager(cfg.data_dir)
+        self.split: Split | None = None
+        self.normalizer: Normalizer | None = None
+        self.train: WindowDataset | None = None
+        self.val: WindowDataset | None = None
+        self.samplers: dict[str, ShardSampler] = {}
 
+    def prepare_data(self) -> None:
+        cfg, store = self.cfg, self.store
+        if len(store) == 0:
+            generate_to_store(cfg.data_dir, cfg.num_tokens, cfg.timesteps, cfg.seed)
+        lengths = store.lengths()
+        split = make_split(lengths, cfg.split_strategy, cfg.test_ratio, cfg.val_ratio, cfg.train_token_ratio, cfg.seed)
+        L, H = cfg.model.seq_len, cfg.model.horizon
+        hint = (
+            f"lower --seq-length (now {L}) or --horizon (now {H}), or use longer series "
+            f"(longest token: {max(lengths.values())} steps)"
+        )
+        for name, label in (("train", "train"), ("val", "validation")):
+            if not any(window_span(lengths[t], r, L, H)[1] for t, r in split.ranges[name].items()):
+                raise PumpcastError(f"{label} split has no window of {L} input + {H} target steps; {hint}")
+        self.split = split
+        self.normalizer = Normalizer.fit_store(store, split.ranges["train"], L, H, cfg.window_stride, seed=cfg.seed)
+        if cfg.write_store_files:
+            store.save_split(split.to_json() | {"seq_length": L, "horizon": H})
+            store.save_normalization(self.normalizer.to_array())
 
-def prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Generate synthetic data if the store is empty, split it, fit normalisation on training windows only,
-    and record split_info.json and normalization_params.npy in the store."""
-    store = TokenDataManager(cfg.data_dir)
-    if len(store) == 0:
-        generate_to_store(cfg.data_dir, cfg.num_tokens, cfg.timesteps, cfg.seed)
-    lengths = store.lengths()
-    split = make_split(lengths, cfg.split_strategy, cfg.test_ratio, cfg.val_ratio, cfg.train_token_ratio, cfg.seed)
-    series = {t: store.read_features(t) for t in lengths}
-    L, H = cfg.model.seq_len, cfg.model.horizon
-    hint = (
-        f"lower --seq-length (now {L}) or --horizon (now {H}), or use longer series "
-        f"(longest token: {max(lengths.values())} steps)"
-    )
-    train = WindowDataset(series, split.ranges["train"], L, H, stride=cfg.window_stride)
-    require_windows(train, "train", hint)
-    normalizer = Normalizer.fit(train, seed=cfg.seed)
-    train.normalizer = normalizer
-    val = WindowDataset(series, split.ranges["val"], L, H, normalizer, stride=cfg.window_stride)
-    require_windows(val, "validation", hint)
-    info = split.to_json() | {"seq_length": L, "horizon": H}
-    store.save_split(info)
-    store.save_normalization(normalizer.to_array())
-    return PreparedData(store, split, normalizer, train, val, series)
+    def setup(self, stage: str) -> None:
+        if self.split is None:  # a process other than rank 0 reads what rank 0 prepared
+            self.split = Split.from_json(self.store.load_split())
+            self.normalizer = Normalizer.from_array(self.store.load_normalization())
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        lengths = self.store.lengths()
+        L, H, stride = self.cfg.model.seq_len, self.cfg.model.horizon, self.cfg.window_stride
+        for name in ("train", "val"):
+            ranges = self.split.ranges[name]
+            counts = {t: window_span(lengths[t], r, L, H, stride)[1] for t, r in ranges.items()}
+            mine = shard_tokens(counts, world)[rank]
+            ds = WindowDataset(
+                {t: self.store.read_features(t) for t in mine},
+                {t: ranges[t] for t in mine},
+                L,
+                H,
+                self.normalizer,
+                stride,
+            )
+            per_rank = max(1, sum(counts.values()) // world)
+            self.samplers[name] = ShardSampler(len(ds), per_rank, self.cfg.seed, rank, shuffle=name == "train")
+            setattr(self, name, ds)
+
+    def _loader(self, name: str) -> DataLoader:
+        cfg = self.cfg
+        return DataLoader(
+            getattr(self, name),
+            batch_size=cfg.batch_size,
+            sampler=self.samplers[name],
+            collate_fn=collate_batch,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
 
 
 @dataclass
 class FitResult:
     bundle: ModelBundle
-    data: PreparedData
+    data: PumpcastDataModule
     best_val_loss: float
     epochs_run: int
     model_path: Path | None
@@ -263,31 +338,22 @@ class _History(Callback):
         self.rows.append(row)
 
 
-def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitResult:
-    """Train a forecaster on the store in cfg.data_dir; returns the best model (lowest validation loss)."""
+def _strategy(cfg: TrainConfig) -> str | DDPStrategy:
+    if cfg.strategy == "ddp":
+        return DDPStrategy(timeout=timedelta(seconds=cfg.ddp_timeout_s))
+    return cfg.strategy
+
+
+def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitResult | None:
+    """Train a forecaster on the store in cfg.data_dir; returns the best model (lowest validation loss).
+
+    With several processes (--strategy ddp) every process trains its shard; only global rank 0 writes
+    checkpoints and the model file and gets a result, the others get None.
+    """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = prepare_data(cfg)
     use_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
-    loader_kw = {
-        "batch_size": cfg.batch_size,
-        "collate_fn": collate_batch,
-        "num_workers": cfg.num_workers,
-        "persistent_workers": cfg.num_workers > 0,
-        "pin_memory": use_cuda,
-    }
-    train_loader = DataLoader(
-        data.train, sampler=EpochSeededSampler(len(data.train), cfg.seed), drop_last=False, **loader_kw
-    )
-    val_loader = DataLoader(data.val, shuffle=False, **loader_kw)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    module = ForecastModule(
-        cfg.model.to_dict(),
-        cfg.learning_rate,
-        cfg.weight_decay,
-        min(cfg.warmup_steps, max(1, steps_per_epoch * cfg.epochs // 10)),
-        steps_per_epoch * cfg.epochs,
-        cfg.aux_weight,
-    )
+    data = PumpcastDataModule(cfg)
+    module = ForecastModule(cfg.model.to_dict(), cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.aux_weight)
     ckpt_dir = Path(cfg.checkpoint_dir)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -299,11 +365,19 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
         enable_version_counter=False,
     )
     history = _History()
-    callbacks = [checkpoint, EarlyStopping("val_loss", patience=cfg.patience), Throughput(), history]
+    callbacks = [
+        checkpoint,
+        EarlyStopping("val_loss", patience=cfg.patience),
+        Throughput(),
+        _SamplerEpoch(data),
+        history,
+    ]
     trainer = pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=_strategy(cfg),
         precision="bf16-mixed" if use_cuda else "32-true",
         gradient_clip_val=1.0,
         deterministic=not use_cuda,
@@ -314,11 +388,14 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
+        use_distributed_sampler=False,  # the data module shards by token itself
     )
     last = ckpt_dir / "last.ckpt"
     if cfg.resume and not last.is_file():
         raise PumpcastError(f"--resume: no checkpoint at {last}; train without --resume first")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if cfg.resume else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume else None)
+    if not trainer.is_global_zero:
+        return None
 
     best_path = checkpoint.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -334,13 +411,25 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
             "split_strategy": cfg.split_strategy,
             "data_dir": str(cfg.data_dir),
             "seed": cfg.seed,
+            "world_size": trainer.world_size,
+            "batch_size_per_process": cfg.batch_size,
+            "global_batch_size": cfg.batch_size * trainer.world_size,
         },
         metrics={"best_val_loss": best},
     )
-    model_path = None
-    if cfg.save_model and trainer.is_global_zero:
-        model_path = save_model_file(bundle, cfg.save_model)
+    model_path = save_model_file(bundle, cfg.save_model) if cfg.save_model else None
     return FitResult(bundle, data, best, trainer.current_epoch, model_path, history.rows)
+
+
+class _SamplerEpoch(Callback):
+    """Tells the shard samplers which epoch starts (Lightning only does so for samplers it made itself)."""
+
+    def __init__(self, data: PumpcastDataModule):
+        self.data = data
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for sampler in self.data.samplers.values():
+            sampler.set_epoch(trainer.current_epoch)
 
 
 def _interval(store: TokenDataManager) -> int:

@@ -16,12 +16,16 @@ into the data: their normalised value is 0 and their mask is False.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pumpcast.schema import BUYS, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, SELLS, VOLUME, PumpcastError
+
+if TYPE_CHECKING:
+    from pumpcast.store import TokenDataManager
 
 LEVEL = (PRICE, LIQUIDITY, MARKET_CAP)
 ACTIVITY = (VOLUME, BUYS, SELLS)
@@ -73,6 +77,17 @@ def relative(base: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         idle[:, None, 0] & np.isfinite(base[:, :seq_len, VOLUME]), 0.0, rel[:, :seq_len, VOLUME]
     )  # idle inputs are known zeros
     return rel, ref
+
+
+def window_span(
+    length: int, target_range: tuple[int, int], seq_len: int, horizon: int, stride: int = 1
+) -> tuple[int, int]:
+    """(first input step of the first window, number of windows) of one token: windows whose targets lie in
+    target_range. Needs only the token's length, so shards and samplers can be planned from metadata."""
+    a, b = target_range
+    lo = max(0, a - seq_len)
+    hi = min(b, length) - seq_len - horizon  # first input step of the last window
+    return lo, (max(0, (hi - lo) // max(1, stride) + 1) if hi >= lo else 0)
 
 
 class Normalizer:
@@ -137,12 +152,45 @@ class Normalizer:
     @classmethod
     def fit(cls, dataset: WindowDataset, max_windows: int = 4096, seed: int = 0) -> Normalizer:
         """Fit on (a deterministic sample of) the given training windows."""
-        n = len(dataset)
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_windows), replace=False))
-        rel, _ = relative(dataset.gather_base(idx), dataset.seq_len)
+        idx = np.sort(
+            np.random.default_rng(seed).choice(len(dataset), size=min(len(dataset), max_windows), replace=False)
+        )
+        return cls.from_relative(relative(dataset.gather_base(idx), dataset.seq_len)[0], dataset.seq_len)
+
+    @classmethod
+    def fit_store(
+        cls,
+        store: TokenDataManager,
+        ranges: Mapping[int, tuple[int, int]],
+        seq_len: int,
+        horizon: int,
+        stride: int = 1,
+        max_windows: int = 4096,
+        seed: int = 0,
+    ) -> Normalizer:
+        """The same fit as `fit` over a dataset of these ranges, reading only the tokens the sample touches,
+        one at a time (a store may not fit in memory)."""
+        lengths = store.lengths()
+        ids = sorted(t for t in ranges if t in lengths)
+        counts = [window_span(lengths[t], ranges[t], seq_len, horizon, stride)[1] for t in ids]
+        cum = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        idx = np.sort(
+            np.random.default_rng(seed).choice(int(cum[-1]), size=min(int(cum[-1]), max_windows), replace=False)
+        )
+        owner = np.searchsorted(cum, idx, side="right") - 1
+        parts = []
+        for k in np.unique(owner):
+            t = ids[k]
+            one = WindowDataset({t: store.read_features(t)}, {t: ranges[t]}, seq_len, horizon, stride=stride)
+            parts.append(one.gather_base(idx[owner == k] - cum[k]))
+        return cls.from_relative(relative(np.concatenate(parts), seq_len)[0], seq_len)
+
+    @classmethod
+    def from_relative(cls, rel: np.ndarray, seq_len: int) -> Normalizer:
+        """Centre and scale of relative windows (B, L + H, 6)."""
         center = np.zeros((2, len(FEATURES)))
         scale = np.ones((2, len(FEATURES)))
-        for row, part in enumerate((rel[:, : dataset.seq_len], rel[:, dataset.seq_len :])):
+        for row, part in enumerate((rel[:, :seq_len], rel[:, seq_len:])):
             for f in range(len(FEATURES)):
                 v = part[..., f][np.isfinite(part[..., f])]
                 if v.size < 2:
@@ -180,10 +228,8 @@ class WindowDataset(Dataset):
         pos = 0
         for t in self.token_ids:
             base = to_base(series[int(t)]).astype(np.float32)
-            a, b = ranges[int(t)]
-            lo = max(0, a - self.seq_len)  # first input step of the first window
-            hi = min(b, base.shape[0]) - self.seq_len - self.horizon  # first input step of the last window
-            counts.append(max(0, (hi - lo) // self.stride + 1) if hi >= lo else 0)
+            lo, count = window_span(base.shape[0], ranges[int(t)], self.seq_len, self.horizon, self.stride)
+            counts.append(count)
             first.append(lo)
             offsets.append(pos)
             parts.append(base)
@@ -231,11 +277,3 @@ class WindowDataset(Dataset):
 def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """DataLoader collate for WindowDataset: __getitems__ already returns a batch."""
     return batch
-
-
-def require_windows(dataset: WindowDataset, split: str, hint: str) -> None:
-    """A one-line error when a split yields no window at all."""
-    if len(dataset) == 0:
-        raise PumpcastError(
-            f"{split} split has no window of {dataset.seq_len} input + {dataset.horizon} target steps; {hint}"
-        )
