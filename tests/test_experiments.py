@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_MODEL
 from mlflow.tracking import MlflowClient
 
 from pumpcast.cli import main, pump_trainer_main
@@ -21,21 +22,9 @@ from pumpcast.training import PumpcastDataModule, ShardSampler, TrainConfig, sha
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--seq-length",
-    "64",
-    "--horizon",
-    "8",
-    "--patch-len",
-    "8",
-    "--embed-size",
-    "16",
-    "--nhead",
-    "4",
-    "--dim-feedforward",
-    "32",
+    *TINY_MODEL,
     "--window-stride",
     "4",
-    "--no-progress",
     "--num-tokens",
     "2",
     "--timesteps",
@@ -282,10 +271,8 @@ def test_each_process_loads_only_its_shard(tmp_path, monkeypatch):
         dm = PumpcastDataModule(cfg)
         dm.trainer = _FakeTrainer(rank, 2)
         calls: list[int] = []
-        original = TokenDataManager.read_features
-        monkeypatch.setattr(
-            TokenDataManager, "read_features", lambda self, t, c=calls, o=original: c.append(t) or o(self, t)
-        )
+        original = TokenDataManager.read
+        monkeypatch.setattr(TokenDataManager, "read", lambda self, t, c=calls, o=original: c.append(t) or o(self, t))
         dm.setup("fit")
         monkeypatch.undo()
         read[rank] = calls

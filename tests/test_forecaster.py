@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_MODEL
 
 from pumpcast.cli import main, pump_trainer_main
 from pumpcast.evaluation import forecast_test_tokens
@@ -24,23 +25,7 @@ from pumpcast.store import TokenDataManager
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
-TINY = [
-    "--seq-length",
-    "64",
-    "--horizon",
-    "8",
-    "--patch-len",
-    "8",
-    "--embed-size",
-    "16",
-    "--nhead",
-    "4",
-    "--dim-feedforward",
-    "32",
-    "--window-stride",
-    "8",
-    "--no-progress",
-]
+TINY = [*TINY_MODEL, "--window-stride", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +272,9 @@ def test_model_v1_loads_and_forecasts_as_it_did():
     finally:
         sys.path.pop(0)
     forecaster = Forecaster.load(DATA / "model_v1.pth")
+    np.testing.assert_allclose(
+        forecaster.pump_probability(history()[0]), np.load(DATA / "model_v1_pump.npy"), rtol=1e-5, equal_nan=True
+    )
     np.testing.assert_allclose(
         forecaster.rollout(history(), 10), np.load(DATA / "model_v1_forecast.npy"), rtol=1e-5, equal_nan=True
     )

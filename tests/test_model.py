@@ -21,15 +21,18 @@ def test_shapes(embedding, seq_len, patch):
         head_hidden=32,
     )
     model = PumpcastTransformer(cfg)
-    out = model(torch.randn(3, seq_len, 6), torch.ones(3, seq_len, 6, dtype=torch.bool))
-    assert out.shape == (3, 5, 6)
+    out, pump = model(torch.randn(3, seq_len, 6), torch.ones(3, seq_len, 6, dtype=torch.bool))
+    assert out.shape == (3, 5, 6) and pump is None
+    with_pump = PumpcastTransformer(ModelConfig(**(cfg.to_dict() | {"pump_head": True})))
+    out, pump = with_pump(torch.randn(3, seq_len, 6), torch.ones(3, seq_len, 6, dtype=torch.bool))
+    assert out.shape == (3, 5, 6) and pump.shape == (3, 3)
     assert cfg.n_tokens == (-(-seq_len // patch) if embedding == "conv" else seq_len)
 
 
 def test_absent_values_are_never_read():
     torch.manual_seed(0)
     model = PumpcastTransformer(
-        ModelConfig(seq_len=32, horizon=4, patch_len=8, embed_size=16, nhead=2, num_layers=1)
+        ModelConfig(seq_len=32, horizon=4, patch_len=8, embed_size=16, nhead=2, num_layers=1, pump_head=True)
     ).eval()
     x = torch.randn(2, 32, 6)
     mask = torch.ones(2, 32, 6, dtype=torch.bool)
@@ -38,10 +41,11 @@ def test_absent_values_are_never_read():
     garbage = x.clone()
     garbage[~mask] = 1e6
     with torch.no_grad():
-        np.testing.assert_allclose(model(x, mask).numpy(), model(garbage, mask).numpy(), rtol=1e-5, atol=1e-5)
+        for clean, dirty in zip(model(x, mask), model(garbage, mask), strict=True):  # forecast and pump logits
+            np.testing.assert_allclose(clean.numpy(), dirty.numpy(), rtol=1e-5, atol=1e-5)
         # ... but the mask itself is information: absent differs from a present zero
         zeros = torch.where(mask, x, torch.zeros_like(x))
-        assert not torch.allclose(model(zeros, mask), model(zeros, torch.ones_like(mask)))
+        assert not torch.allclose(model(zeros, mask)[0], model(zeros, torch.ones_like(mask))[0])
 
 
 def test_masked_loss_ignores_absent_targets_and_weights_price():

@@ -10,6 +10,21 @@ from pathlib import Path
 
 from pumpcast.schema import PumpcastError
 
+#: Input columns that `pumpcast ingest` lets the user name with --NAME-col.
+COLUMN_FLAGS = (
+    "timestamp",
+    "side",
+    "price",
+    "amount",
+    "quote",
+    "symbol",
+    "address",
+    "liquidity",
+    "supply",
+    "close",
+    "volume",
+)
+
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="training-data", help="store directory (default: training-data)")
@@ -25,23 +40,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 def _cmd_ingest(args: argparse.Namespace) -> None:
     from pumpcast.ingest import ingest_files
 
-    columns = {
-        k: getattr(args, f"{k}_col")
-        for k in (
-            "timestamp",
-            "side",
-            "price",
-            "amount",
-            "quote",
-            "symbol",
-            "address",
-            "liquidity",
-            "supply",
-            "close",
-            "volume",
-        )
-        if getattr(args, f"{k}_col", None)
-    }
+    columns = {k: getattr(args, f"{k}_col") for k in COLUMN_FLAGS if getattr(args, f"{k}_col", None)}
     ids = ingest_files(args.kind, args.files, args.data_dir, args.interval, columns, args.symbol, args.key, args.events)
     print(f"ingested {len(ids)} token(s) into {args.data_dir}: ids {ids}")
 
@@ -124,6 +123,67 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     tune(args, make_tracker(args))
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from pumpcast.evaluation import evaluate_store
+    from pumpcast.forecasting import Forecaster
+    from pumpcast.splits import Split
+    from pumpcast.store import TokenDataManager
+    from pumpcast.trainer_cli import make_tracker
+    from pumpcast.training import load_split_file
+
+    store = TokenDataManager(args.data_dir)
+    if args.split_file:
+        split = load_split_file(args.split_file, store.lengths())
+    else:
+        stored = store.load_split()
+        if stored is None:
+            raise PumpcastError(f"{store.split_path}: no split; train on this store first or give --split-file")
+        split = Split.from_json(stored)
+    forecaster = Forecaster.load(args.load_model)
+    tracker = make_tracker(args)
+    with tracker.run("evaluate", tags={"pumpcast.command": "evaluate"}):
+        report = evaluate_store(forecaster, store, split, args.output_dir, args.steps, args.origin_every)
+        from pumpcast.tracking import flatten
+
+        tracker.log_metrics(
+            {k: v for k, v in flatten("events", report["events"]["overall"]).items() if isinstance(v, float)}
+        )
+        tracker.log_artifact(Path(args.output_dir))
+    print(Path(args.output_dir, "report.md").read_text())
+
+
+def _cmd_detect(args: argparse.Namespace) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from pumpcast.forecasting import Forecaster, history_array
+    from pumpcast.ingest import read_table
+    from pumpcast.pumps import alarm_onsets
+    from pumpcast.store import atomic_write
+
+    forecaster = Forecaster.load(args.load_model)
+    if not forecaster.has_pump_head:
+        raise PumpcastError(f"{args.load_model}: this model has no pump head; train it with --pump-weight > 0")
+    features, times = history_array(read_table(args.input), name=str(args.input))
+    threshold = args.threshold if args.threshold is not None else forecaster.bundle.pump["threshold"]
+    # Step by step as on live bars: the probability at step t comes from the window ending at t.
+    p = forecaster.pump_probability(features)
+    onsets = alarm_onsets(np.nan_to_num(p) >= threshold)
+    label = (lambda i: times.iloc[i].strftime("%Y-%m-%dT%H:%M:%SZ")) if times is not None else str
+    for i in onsets:
+        print(f"ALARM {label(i)} step {i} pump_probability {p[i]:.3f}")
+    print(
+        f"{len(onsets)} alarm(s) over {int(np.isfinite(p).sum())} steps at threshold {threshold:.4g} "
+        "(research tool, not financial advice)"
+    )
+    if args.output:
+        frame = pd.DataFrame({"step": np.arange(len(p)), "pump_probability": p, "alarm": False})
+        frame.loc[onsets, "alarm"] = True
+        if times is not None:
+            frame.insert(0, "time", times.dt.strftime("%Y-%m-%dT%H:%M:%SZ").to_numpy())
+        atomic_write(Path(args.output), lambda tmp: frame.to_csv(tmp, index=False), suffix=".csv")
+
+
 def parse_token_range(text: str) -> list[int]:
     """'0-5' -> [0, 1, 2, 3, 4, 5] (inclusive, as the seed's --test-token-range)."""
     try:
@@ -155,19 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="CSV of known event times (symbol, time[, type, end])")
     p.add_argument("--symbol", help="pair name when the file has no symbol column")
     p.add_argument("--key", help="store key (address) for a single-file ingest")
-    for col in (
-        "timestamp",
-        "side",
-        "price",
-        "amount",
-        "quote",
-        "symbol",
-        "address",
-        "liquidity",
-        "supply",
-        "close",
-        "volume",
-    ):
+    for col in COLUMN_FLAGS:
         p.add_argument(f"--{col}-col", help=f"name of the {col} column")
     _add_data_dir(p)
     p.set_defaults(func=_cmd_ingest)
@@ -216,6 +264,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_test_flags(p)
     add_tracking_flags(p)
     p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("evaluate", help="report on the test part: forecasts vs baselines, pump events vs baselines")
+    p.add_argument("--load-model", required=True)
+    p.add_argument("--split-file", help="split to evaluate (default: the store's split_info.json)")
+    p.add_argument("--output-dir", default="reports")
+    p.add_argument("--steps", type=int, default=100, help="forecast steps from each origin (default 100)")
+    p.add_argument("--origin-every", type=int, default=200, help="steps between forecast origins (default 200)")
+    _add_data_dir(p)
+    add_tracking_flags(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("detect", help="walk through a history bar by bar and print each pump alarm")
+    p.add_argument("--load-model", required=True)
+    p.add_argument("--input", required=True, help="history CSV (as `pumpcast export` writes it)")
+    p.add_argument("--threshold", type=float, help="alarm threshold (default: the one chosen on validation)")
+    p.add_argument("--output", help="also write every step's probability and alarms to this CSV")
+    p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("predict", help="forecast new histories (CSV as `pumpcast export` writes them)")
     p.add_argument("--load-model", required=True)

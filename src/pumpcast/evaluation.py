@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pumpcast.forecasting import Forecaster
+from pumpcast.pumps import BASELINES, TokenScores, event_metrics, pump_events
 from pumpcast.schema import PRICE, PumpcastError
 from pumpcast.splits import Split
-from pumpcast.store import TokenDataManager
+from pumpcast.store import TokenDataManager, atomic_write, atomic_write_json
 
 BUCKET_EDGES = (1, 11, 101, 1001, 10_001)
+DRIFT_STEPS = 60  # the drift baseline extends the mean log return of the last hour of 1-minute bars
 
 
 def horizon_buckets(steps: int) -> list[tuple[int, int]]:
@@ -37,27 +41,31 @@ class TokenForecast:
 
 
 def forecast_metrics(items: list[TokenForecast], steps: int) -> dict[str, dict[str, float]]:
-    """Per horizon bucket, pooled over tokens: MAE and RMSE of log price for the model and for persistence,
+    """Per horizon bucket, pooled over tokens: MAE and RMSE of log price for the model, for persistence (the
+    last price) and for drift (the mean log return of the last `DRIFT_STEPS` history steps, extended),
     skill = 1 - MAE / MAE_persistence, and directional accuracy (share of steps where the forecast moves the
     same way from the origin price as the actual price did, among steps where it moved)."""
     out: dict[str, dict[str, float]] = {}
     for a, b in horizon_buckets(steps):
-        err, err_p, hits, moves = [], [], 0, 0
+        err, err_p, err_d, hits, moves = [], [], [], 0, 0
         for it in items:
             n = min(b, it.actual.shape[0])
             if n < a:
                 continue
             p0 = np.log(it.history[-1, PRICE])
+            back = np.log(it.history[-DRIFT_STEPS:, PRICE])
+            slope = (back[-1] - back[0]) / max(1, back.size - 1)
             actual = np.log(it.actual[a - 1 : n, PRICE])
             pred = np.log(it.forecast[a - 1 : n, PRICE])
             err.append(pred - actual)
             err_p.append(p0 - actual)
+            err_d.append(p0 + slope * np.arange(a, n + 1) - actual)
             moved = actual != p0
             moves += int(moved.sum())
             hits += int((np.sign(pred - p0)[moved] == np.sign(actual - p0)[moved]).sum())
         if not err:
             continue
-        e, ep = np.concatenate(err), np.concatenate(err_p)
+        e, ep, ed = np.concatenate(err), np.concatenate(err_p), np.concatenate(err_d)
         mae, mae_p = float(np.abs(e).mean()), float(np.abs(ep).mean())
         out[f"{a}-{b}"] = {
             "n": int(e.size),
@@ -65,6 +73,8 @@ def forecast_metrics(items: list[TokenForecast], steps: int) -> dict[str, dict[s
             "rmse_log": float(np.sqrt((e**2).mean())),
             "mae_log_persistence": mae_p,
             "rmse_log_persistence": float(np.sqrt((ep**2).mean())),
+            "mae_log_drift": float(np.abs(ed).mean()),
+            "rmse_log_drift": float(np.sqrt((ed**2).mean())),
             "skill": 1 - mae / mae_p if mae_p > 0 else float("nan"),
             "directional_accuracy": hits / moves if moves else float("nan"),
         }
@@ -75,12 +85,13 @@ def format_metrics(metrics: dict[str, dict[str, float]], title: str) -> str:
     """The metrics table as text, model beside persistence."""
     lines = [
         title,
-        f"{'steps':>11} {'n':>7} {'MAE log':>9} {'persist.':>9} {'RMSE log':>9} {'persist.':>9} "
+        f"{'steps':>11} {'n':>7} {'MAE log':>9} {'persist.':>9} {'drift':>9} {'RMSE log':>9} {'persist.':>9} "
         f"{'skill':>7} {'dir.acc':>7}",
     ]
     for bucket, m in metrics.items():
         lines.append(
             f"{bucket:>11} {m['n']:>7d} {m['mae_log']:>9.4f} {m['mae_log_persistence']:>9.4f} "
+            f"{m['mae_log_drift']:>9.4f} "
             f"{m['rmse_log']:>9.4f} {m['rmse_log_persistence']:>9.4f} {m['skill']:>7.3f} "
             f"{m['directional_accuracy']:>7.3f}"
         )
@@ -117,3 +128,172 @@ def forecast_test_tokens(
         TokenForecast(t, origins[t], series[t][: origins[t]], forecast[i], series[t][origins[t] : origins[t] + steps])
         for i, t in enumerate(token_ids)
     ]
+
+
+def rolling_origins(
+    forecaster: Forecaster, store: TokenDataManager, split: Split, steps: int, every: int, max_tokens: int = 200
+) -> list[TokenForecast]:
+    """Forecasts of `steps` from origins every `every` steps inside each test token's test part (at most
+    max_tokens tokens), all in one batched rollout."""
+    L = forecaster.seq_len
+    windows, meta = [], []
+    for t in split.tokens("test")[:max_tokens]:
+        feats = store.read_features(t)
+        a, b = split.ranges["test"][t]
+        for origin in range(max(a, L), b - 1, every):
+            windows.append(feats[origin - L : origin])
+            meta.append((t, origin, feats))
+    if not windows:
+        return []
+    forecast = forecaster.rollout(np.stack(windows), steps)
+    return [
+        TokenForecast(t, o, f[:o], forecast[i], f[o : min(o + steps, split.ranges["test"][t][1])])
+        for i, (t, o, f) in enumerate(meta)
+    ]
+
+
+def event_scores(
+    forecaster: Forecaster, store: TokenDataManager, ranges: dict[int, tuple[int, int]]
+) -> dict[str, list[TokenScores]]:
+    """Per-step scores over each token's range, for the model (calibrated pump probability) and each baseline;
+    tokens whose events are unknown are left out (nothing to score against)."""
+    out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in BASELINES}}
+    for t, (a, b) in sorted(ranges.items()):
+        tok = store.read(t)
+        if not tok.events_known or b <= a:
+            continue
+        per_day = 86_400_000 / tok.interval_ms
+        p = forecaster.pump_probability(tok.features, a, b)
+        out["model"].append(TokenScores(t, p, tok.events, per_day, tok.source))
+        inside = np.isfinite(p)
+        for name, score in BASELINES.items():
+            s = score(tok.features)
+            s[~inside] = np.nan
+            out[name].append(TokenScores(t, s, tok.events, per_day, tok.source))
+    return out
+
+
+def _group(source: str) -> str:
+    return "synthetic" if source.startswith("synthetic") else "real"
+
+
+def evaluate_store(
+    forecaster: Forecaster,
+    store: TokenDataManager,
+    split: Split,
+    output_dir: str | Path = "reports",
+    steps: int = 100,
+    every: int = 200,
+    max_pictures: int = 12,
+) -> dict[str, Any]:
+    """The evaluation report on the split's test part: forecast metrics per horizon vs persistence and drift,
+    event metrics of the model vs the baselines (thresholds chosen on validation data when the model was
+    trained, never here), per token and overall, and a picture around each event. Writes report.md,
+    report.json and img/ under output_dir."""
+    from pumpcast.plots import plot_event
+
+    out = Path(output_dir)
+    pump = forecaster.bundle.pump
+    if not forecaster.has_pump_head:
+        raise PumpcastError("this model has no calibrated pump head; train it with --pump-weight > 0")
+    K = pump["horizon"]
+    thresholds = {"model": pump["threshold"], **pump["baseline_thresholds"]}
+    report: dict[str, Any] = {
+        "note": "research tool, not financial advice",
+        "split_strategy": split.strategy,
+        "test_tokens": split.tokens("test"),
+        "pump_horizon": K,
+        "max_false_alarms_per_day": pump["max_false_alarms_per_day"],
+        "thresholds": thresholds,
+        "validation": pump.get("val_metrics", {}),
+    }
+    report["forecast"] = forecast_metrics(rolling_origins(forecaster, store, split, steps, every), steps)
+    scores = event_scores(forecaster, store, split.ranges["test"])
+    overall, groups, per_token = {}, {}, []
+    for name, items in scores.items():
+        overall[name] = event_metrics(items, thresholds[name], K)
+        for g in sorted({_group(it.source) for it in items}):
+            groups.setdefault(g, {})[name] = event_metrics(
+                [it for it in items if _group(it.source) == g], thresholds[name], K
+            )
+    for i, it in enumerate(scores["model"]):
+        row = {"token": it.token_id, "source": it.source}
+        for name in scores:
+            m = event_metrics([scores[name][i]], thresholds[name], K, auprc=False)
+            row[name] = {k: m[k] for k in ("events", "recall", "false_alarms_per_day", "median_delay_steps")}
+        per_token.append(row)
+    report["events"] = {"overall": overall, "by_source": groups, "per_token": per_token}
+    pictures = []
+    for it in scores["model"]:
+        tok = store.read(it.token_id)
+        for e in pump_events(tok.events):
+            if len(pictures) < max_pictures and np.isfinite(it.scores[min(e.start, len(it.scores) - 1)]):
+                path = out / "img" / f"event_token{it.token_id}_step{e.start}.png"
+                plot_event(tok, it.scores, thresholds["model"], e, path, K)
+                pictures.append(str(path.relative_to(out)))
+    report["pictures"] = pictures
+    atomic_write_json(out / "report.json", report)
+    atomic_write(out / "report.md", lambda p: p.write_text(report_markdown(report)), suffix=".md")
+    return report
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not np.isfinite(v) else f"{v:.3f}"
+    return str(v)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    lines = [
+        "# pumpcast evaluation report",
+        "",
+        "Research tool, not financial advice.",
+        "",
+        f"Split `{report['split_strategy']}`, test tokens {report['test_tokens']}. Pump horizon K = "
+        f"{report['pump_horizon']} steps; alarm thresholds chosen on validation data to at most "
+        f"{report['max_false_alarms_per_day']} false alarm(s) per day: "
+        + ", ".join(f"{k} {_fmt(float(v))}" for k, v in report["thresholds"].items())
+        + ".",
+        "",
+        "## Forecasts (log price) vs persistence and drift",
+        "",
+        "| steps ahead | n | MAE model | MAE persistence | MAE drift | skill | directional accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for bucket, m in report["forecast"].items():
+        lines.append(
+            f"| {bucket} | {m['n']} | {_fmt(m['mae_log'])} | {_fmt(m['mae_log_persistence'])} | "
+            f"{_fmt(m['mae_log_drift'])} | {_fmt(m['skill'])} | {_fmt(m['directional_accuracy'])} |"
+        )
+    head = (
+        "| detector | events | recall | early warnings | false alarms / day | median delay (steps) | AUPRC |",
+        "|---|---|---|---|---|---|---|",
+    )
+
+    def rows(metrics: dict[str, dict[str, float]]) -> list[str]:
+        return [
+            f"| {name} | {m['events']} | {_fmt(m['recall'])} | {_fmt(m['early_warning_rate'])} | "
+            f"{_fmt(m['false_alarms_per_day'])} | {_fmt(m['median_delay_steps'])} | {_fmt(m['auprc'])} |"
+            for name, m in metrics.items()
+        ]
+
+    lines += ["", "## Pump events: model vs baselines (test part)", "", *head, *rows(report["events"]["overall"])]
+    by_source = report["events"]["by_source"]
+    for group, metrics in by_source.items() if len(by_source) > 1 else ():
+        lines += ["", f"### {group} tokens", "", *head, *rows(metrics)]
+    lines += [
+        "",
+        "### Per token (recall / false alarms per day)",
+        "",
+        "| token | source | " + " | ".join(report["events"]["overall"]) + " |",
+        "|---|---|" + "---|" * len(report["events"]["overall"]),
+    ]
+    for row in report["events"]["per_token"]:
+        cells = [
+            f"{_fmt(row[n]['recall'])} / {_fmt(row[n]['false_alarms_per_day'])}" for n in report["events"]["overall"]
+        ]
+        lines.append(f"| {row['token']} | {row['source']} | " + " | ".join(cells) + " |")
+    if report["pictures"]:
+        lines += ["", "## Around each event", ""] + [f"![{p}]({p})" for p in report["pictures"]]
+    return "\n".join(lines) + "\n"

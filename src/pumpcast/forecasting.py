@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.pumps import calibrated
 from pumpcast.schema import FEATURES, PumpcastError
 from pumpcast.windows import relative, to_base
 
@@ -58,7 +59,7 @@ class Forecaster:
         while done < steps:
             rel, ref = relative(window, self.seq_len)
             z, mask = norm.normalize(rel, self.seq_len)
-            pred = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
+            pred, _ = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
             pred = np.clip(pred.float().cpu().numpy(), -CLIP, CLIP)
             raw = norm.denormalize(pred, ref)  # (B, H, 6)
             raw[..., 3:5] = np.maximum(raw[..., 3:5], 0.0)
@@ -68,6 +69,35 @@ class Forecaster:
             window = np.concatenate([window[:, take:], to_base(raw[:, :take])], axis=1)
             done += take
         return out
+
+    @property
+    def has_pump_head(self) -> bool:
+        return self.bundle.config.pump_head and "calibration" in self.bundle.pump
+
+    @torch.inference_mode()
+    def pump_logits(self, features: np.ndarray, lo: int = 0, hi: int | None = None, batch: int = 512) -> np.ndarray:
+        """Raw pump logits (T, 3) of one token's raw features (T, 6): row t from the window that ends at step t
+        (the past only), for t in [lo, hi); NaN elsewhere and where no full window exists yet."""
+        if not self.bundle.config.pump_head:
+            raise PumpcastError("this model has no pump head; train it with --pump-weight > 0")
+        n, L = features.shape[0], self.seq_len
+        out = np.full((n, 3), np.nan)
+        ends = np.arange(max(lo, L - 1), n if hi is None else min(hi, n))
+        base = to_base(features)
+        for i in range(0, ends.size, batch):
+            chunk = ends[i : i + batch]
+            window = base[chunk[:, None] - L + 1 + np.arange(L)]  # (b, L, 6)
+            rel, _ = relative(window, L)
+            z, mask = self.bundle.normalizer.normalize(rel, L)
+            _, logits = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
+            out[chunk] = logits.float().cpu().numpy()
+        return out
+
+    def pump_probability(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Calibrated probability (T,) that a pump starts within the model's pump horizon or is under way."""
+        if not self.has_pump_head:
+            raise PumpcastError("this model has no calibrated pump head; train it with --pump-weight > 0")
+        return calibrated(self.pump_logits(features, lo, hi), self.bundle.pump["calibration"])[:, 2]
 
     def predict(self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int) -> list[pd.DataFrame]:
         """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together.
@@ -91,6 +121,8 @@ class Forecaster:
         for i, t in enumerate(times):
             frame = pd.DataFrame(forecast[i], columns=list(FEATURES))
             frame.insert(0, "step", np.arange(1, steps + 1))
+            if self.has_pump_head:  # the probability at the forecast origin (the last history bar)
+                frame["pump_probability"] = self.pump_probability(arrays[i], lo=arrays[i].shape[0] - 1)[-1]
             if t is not None:
                 interval = self.bundle.data_config.get("interval_ms", 60_000)
                 last = t.iloc[-1]

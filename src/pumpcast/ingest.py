@@ -147,12 +147,28 @@ def _nonnegative(series: pd.Series, path: Path, column: str) -> np.ndarray:
     return values
 
 
-def _sorted_order(ts: np.ndarray, path: Path) -> np.ndarray:
-    """Order that puts rows in time order; says so when the file was not."""
+def _in_time_order(rows: pd.DataFrame, cols: dict[str, str], path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows and their Unix ms timestamps in time order; says so when the file was not."""
+    ts = _timestamps_ms(rows[cols["timestamp"]], path, cols["timestamp"])
     if ts.size > 1 and (np.diff(ts) < 0).any():
         log.warning("%s: rows were not in time order; sorted them by timestamp", path)
-        return np.argsort(ts, kind="stable")
-    return np.arange(ts.size)
+        order = np.argsort(ts, kind="stable")
+        return rows.iloc[order], ts[order]
+    return rows, ts
+
+
+def _fill_pool_features(
+    feats: np.ndarray, rows: pd.DataFrame, cols: dict[str, str], idx: np.ndarray, path: Path
+) -> None:
+    """Liquidity (last value per bar) and market cap (price x last supply) where the file has them; else they
+    stay NaN: absent."""
+    n = feats.shape[0]
+    if "liquidity" in cols:
+        liq = _nonnegative(rows[cols["liquidity"]], path, cols["liquidity"])
+        feats[:, LIQUIDITY] = pd.Series(_last_per_bar(idx, liq, n)).ffill().to_numpy()
+    if "supply" in cols:
+        supply = _positive(rows[cols["supply"]], path, cols["supply"], "supply")
+        feats[:, MARKET_CAP] = pd.Series(_last_per_bar(idx, supply, n)).ffill().to_numpy() * feats[:, PRICE]
 
 
 def _token_key(address: str | None, symbol: str, first_ms: int) -> str:
@@ -219,9 +235,7 @@ def trades_to_bars(
     out = []
     groups = list(_group_by_symbol(df, cols, path, symbol))
     for sym, address, rows in groups:
-        ts = _timestamps_ms(rows[cols["timestamp"]], path, cols["timestamp"])
-        order = _sorted_order(ts, path)
-        rows, ts = rows.iloc[order], ts[order]
+        rows, ts = _in_time_order(rows, cols, path)
         price = _positive(rows[cols["price"]], path, cols["price"], "price")
         if "quote" in cols:
             quote = _nonnegative(rows[cols["quote"]], path, cols["quote"])
@@ -242,12 +256,7 @@ def trades_to_bars(
                 )
             feats[:, BUYS] = np.bincount(idx, weights=is_buy.astype(float), minlength=n)
             feats[:, SELLS] = np.bincount(idx, weights=is_sell.astype(float), minlength=n)
-        if "liquidity" in cols:
-            liq = _nonnegative(rows[cols["liquidity"]], path, cols["liquidity"])
-            feats[:, LIQUIDITY] = pd.Series(_last_per_bar(idx, liq, n)).ffill().to_numpy()
-        if "supply" in cols:
-            supply = _positive(rows[cols["supply"]], path, cols["supply"], "supply")
-            feats[:, MARKET_CAP] = pd.Series(_last_per_bar(idx, supply, n)).ffill().to_numpy() * feats[:, PRICE]
+        _fill_pool_features(feats, rows, cols, idx, path)
         token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
         out.append(TokenSeries(token_key, sym, f"trades:{path.name}", interval_ms, bar_ts, feats))
     return out
@@ -271,9 +280,7 @@ def candles_to_bars(
     out = []
     groups = list(_group_by_symbol(df, cols, path, symbol))
     for sym, address, rows in groups:
-        ts = _timestamps_ms(rows[cols["timestamp"]], path, cols["timestamp"])
-        order = _sorted_order(ts, path)
-        rows, ts = rows.iloc[order], ts[order]
+        rows, ts = _in_time_order(rows, cols, path)
         dup = np.zeros(ts.size, dtype=bool)
         dup[1:] = ts[1:] == ts[:-1]
         if dup.any():
@@ -297,12 +304,7 @@ def candles_to_bars(
                 feats[:, col] = np.bincount(
                     idx, weights=_nonnegative(rows[cols[logical]], path, cols[logical]), minlength=n
                 )
-        if "liquidity" in cols:
-            liq = _nonnegative(rows[cols["liquidity"]], path, cols["liquidity"])
-            feats[:, LIQUIDITY] = pd.Series(_last_per_bar(idx, liq, n)).ffill().to_numpy()
-        if "supply" in cols:
-            supply = _positive(rows[cols["supply"]], path, cols["supply"], "supply")
-            feats[:, MARKET_CAP] = pd.Series(_last_per_bar(idx, supply, n)).ffill().to_numpy() * feats[:, PRICE]
+        _fill_pool_features(feats, rows, cols, idx, path)
         token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
         out.append(TokenSeries(token_key, sym, f"candles:{path.name}", interval_ms, bar_ts, feats))
     return out
@@ -369,5 +371,6 @@ def ingest_files(
     series = []
     for f in files:
         for bars in reader(f, interval=interval, columns=columns, symbol=symbol, key=key):
+            bars.events_known = event_table is not None
             series.append(attach_events(bars, event_table) if event_table is not None else bars)
     return TokenDataManager(data_dir).write(series)

@@ -16,6 +16,9 @@ from torch import nn
 
 from pumpcast.schema import FEATURES, PumpcastError
 
+#: Latest input steps the pump head reads directly (besides the encoder's summary).
+PUMP_RECENT = 4
+
 
 @dataclass
 class ModelConfig:
@@ -32,14 +35,16 @@ class ModelConfig:
     dim_feedforward: int = 256
     dropout: float = 0.0
     head_hidden: int = 256
+    pump_head: bool = False  # also output pump logits: [starts within pump_horizon steps, under way, either]
+    pump_horizon: int = 10
 
     def __post_init__(self) -> None:
         if self.embedding not in ("conv", "linear"):
             raise PumpcastError(f"--embedding {self.embedding!r}: choose conv or linear")
         if self.embed_size % self.nhead:
             raise PumpcastError(f"--embed-size {self.embed_size} must be divisible by --nhead {self.nhead}")
-        if min(self.seq_len, self.horizon, self.patch_len, self.num_layers) < 1:
-            raise PumpcastError("--seq-length, --horizon, --patch-len and --num-layers must be >= 1")
+        if min(self.seq_len, self.horizon, self.patch_len, self.num_layers, self.pump_horizon) < 1:
+            raise PumpcastError("--seq-length, --horizon, --patch-len, --num-layers and --pump-horizon must be >= 1")
 
     @property
     def n_tokens(self) -> int:
@@ -66,7 +71,7 @@ def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
 
 
 class PumpcastTransformer(nn.Module):
-    """Window (B, L, F) + mask (B, L, F) -> forecast (B, horizon, F)."""
+    """Window (B, L, F) + mask (B, L, F) -> forecast (B, horizon, F) and, with a pump head, pump logits (B, 3)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -90,11 +95,25 @@ class PumpcastTransformer(nn.Module):
             nn.GELU(),
             nn.Linear(c.head_hidden, c.horizon * c.n_features),
         )
+        # The pump head also sees the last PUMP_RECENT input steps as they are: a surge in the latest bar is
+        # the sharpest sign of a pump under way, and a patch embedding would blur it with 15 older bars.
+        self.pump = (
+            nn.Sequential(
+                nn.Linear(2 * c.embed_size + PUMP_RECENT * in_ch, c.head_hidden),
+                nn.GELU(),
+                nn.Linear(c.head_hidden, c.head_hidden),
+                nn.GELU(),
+                nn.Linear(c.head_hidden, 3),
+            )
+            if c.pump_head
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = self.config
         m = mask.to(x.dtype)
         h = torch.cat([x * m, m], dim=-1)  # (B, L, 2F): absent values are masked, never read
+        recent = h[:, -PUMP_RECENT:].flatten(1)  # (B, PUMP_RECENT * 2F), for the pump head
         if c.embedding == "conv":
             pad = c.n_tokens * c.patch_len - h.shape[1]  # left-pad to whole patches (mask 0 = absent)
             h = nn.functional.pad(h.transpose(1, 2), (pad, 0))  # (B, 2F, n_tokens * P)
@@ -104,4 +123,6 @@ class PumpcastTransformer(nn.Module):
         h = h + self.pos[: h.shape[1]]
         h = self.norm(self.encoder(h))  # (B, n_tokens, E)
         summary = torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)  # (B, 2E): latest patch + whole window
-        return self.head(summary).view(-1, c.horizon, c.n_features)  # (B, H, F)
+        forecast = self.head(summary).view(-1, c.horizon, c.n_features)  # (B, H, F)
+        pump_logits = self.pump(torch.cat([summary, recent], dim=-1)) if self.pump is not None else None  # (B, 3)
+        return forecast, pump_logits

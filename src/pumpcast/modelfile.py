@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pumpcast.model import ModelConfig, PumpcastTransformer
@@ -32,10 +33,26 @@ class ModelBundle:
     data_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     features: tuple[str, ...] = FEATURES
+    # pump head: calibration [[a, b] x 3], threshold, horizon, false-alarm budget, baseline thresholds, all
+    # chosen on validation data
+    pump: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars and arrays -> Python numbers and lists, so the file needs no pickled NumPy objects."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
@@ -47,9 +64,10 @@ def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
         "pumpcast_version": __version__,
         "features": list(bundle.features),
         "model_config": bundle.config.to_dict(),
-        "data_config": dict(bundle.data_config),
+        "data_config": _plain(bundle.data_config),
         "normalization": {"center": bundle.normalizer.center.tolist(), "scale": bundle.normalizer.scale.tolist()},
         "metrics": {k: float(v) for k, v in bundle.metrics.items()},
+        "pump": _plain(bundle.pump),
         "state_dict": {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()},
     }
     path = Path(path)
@@ -96,4 +114,5 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
         data_config=payload.get("data_config", {}),
         metrics=payload.get("metrics", {}),
         features=tuple(payload["features"]),
+        pump=payload.get("pump", {}),
     )

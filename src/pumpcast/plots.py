@@ -199,3 +199,54 @@ def plot_forecasts(panels: Sequence[dict], path: str | Path, title: str) -> Path
     fig.suptitle(title + " (research tool, not financial advice)", fontsize=11)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def plot_event(
+    tok: TokenSeries,
+    probability: np.ndarray,
+    threshold: float,
+    event,
+    path: str | Path,
+    horizon: int,
+    around: int = 120,
+) -> Path:
+    """Price, pump probability and alarms from `around` steps before to after one pump event."""
+    from pumpcast.pumps import alarm_onsets
+
+    lo, hi = max(0, event.start - around), min(len(tok.features), event.start + around)
+    t = np.arange(lo, hi)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True, height_ratios=[2, 1])
+    price = tok.features[lo:hi, 0]
+    ax1.plot(t, price, color="tab:blue", lw=0.9)
+    if _spans_decades(price):
+        ax1.set_yscale("log")
+    ax1.axvspan(event.start - horizon, event.start + 2, color="tab:red", alpha=0.12, label="detection window")
+    ax1.axvline(event.start, color="tab:red", lw=1.0, label="pump start")
+    ax1.set_ylabel("price")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax1.grid(alpha=0.3)
+    p = probability[lo:hi]
+    ax2.plot(t, p, color="tab:purple", lw=0.9, label="pump probability")
+    ax2.axhline(threshold, color="black", ls="--", lw=0.8, label=f"threshold {threshold:.3g}")
+    onsets = alarm_onsets(np.nan_to_num(p) >= threshold) + lo
+    ax2.scatter(
+        onsets,
+        np.ones_like(onsets, dtype=float) * 1.02,
+        marker="v",
+        color="tab:red",
+        s=30,
+        label="alarm",
+        clip_on=False,
+    )
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("probability")
+    ax2.set_xlabel("step")
+    ax2.legend(loc="upper left", fontsize=8)
+    ax2.grid(alpha=0.3)
+    when = pd.Timestamp(int(tok.timestamps[event.start]), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+    fig.suptitle(
+        f"token {tok.token_id} ({tok.key}): pump at step {event.start}, {when} (research tool, not financial advice)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, Path(path))

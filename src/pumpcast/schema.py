@@ -75,6 +75,7 @@ class TokenSeries:
     features: np.ndarray  # (T, 6) float64, NaN where absent
     events: list[Event] = field(default_factory=list)
     token_id: int = -1
+    events_known: bool = True  # False when nobody told us the token's events: no pump labels, not "no pumps"
 
     @property
     def mask(self) -> np.ndarray:

@@ -185,6 +185,7 @@ class TokenDataManager:
             "steps": int(tok.features.shape[0]),
             "available": tok.available,
             "events": len(tok.events),
+            "events_known": bool(tok.events_known),
         }
 
     def _write_token(self, tok: TokenSeries) -> None:
@@ -214,6 +215,7 @@ class TokenDataManager:
                 f.attrs["key"] = tok.key
                 f.attrs["symbol"] = tok.symbol
                 f.attrs["source"] = tok.source
+                f.attrs["events_known"] = bool(tok.events_known)
 
         atomic_write(self.token_path(tok.token_id), write, suffix=".h5")
 
@@ -240,6 +242,7 @@ class TokenDataManager:
                     features=np.where(mask, feats, np.nan),
                     events=array_to_events(f["events"][()]),
                     token_id=int(token_id),
+                    events_known=bool(f.attrs.get("events_known", True)),
                 )
         except PumpcastError:
             raise

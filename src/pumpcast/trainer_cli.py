@@ -39,6 +39,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split-strategy", choices=("time", "token", "mixed"), default="time")
     g.add_argument("--train-token-ratio", type=float, default=0.6, help="share of tokens that train (token/mixed)")
     g.add_argument("--seed", type=int, default=0, help="seed for data, split, initialisation and shuffling")
+    g.add_argument("--split-file", help="reuse this split_info.json instead of making a split")
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-steps", type=int, default=100)
     g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
+    g.add_argument("--pump-weight", type=float, default=1.0, help="weight of the pump head's loss (0: no pump head)")
+    g.add_argument("--pump-horizon", type=int, default=10, help="K: the pump head predicts a start within K steps")
+    g.add_argument(
+        "--max-false-alarms-per-day",
+        type=float,
+        default=1.0,
+        help="alarm budget; the threshold is chosen on validation data to meet it (default 1)",
+    )
     g.add_argument("--window-stride", type=int, default=1, help="use every k-th training window (default 1)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="where last.ckpt and best.ckpt go")
@@ -117,6 +126,8 @@ def train_config(args: argparse.Namespace):
         num_layers=args.num_layers,
         dim_feedforward=args.dim_feedforward,
         dropout=args.dropout,
+        pump_head=args.pump_weight > 0,
+        pump_horizon=args.pump_horizon,
     )
     devices = args.devices if args.devices == "auto" else int(args.devices)
     return TrainConfig(
@@ -140,6 +151,11 @@ def train_config(args: argparse.Namespace):
         save_model=args.save_model,
         accelerator=args.accelerator,
         devices=devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        pump_weight=args.pump_weight,
+        max_false_alarms_per_day=args.max_false_alarms_per_day,
+        split_file=args.split_file,
         progress_bar=not args.no_progress,
     )
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.modelfile import ModelBundle, save_model_file
+from pumpcast.pumps import pump_labels
 from pumpcast.schema import PRICE, PumpcastError
 from pumpcast.simulator import generate_to_store
 from pumpcast.splits import Split, make_split
@@ -36,10 +37,12 @@ from pumpcast.windows import Normalizer, WindowDataset, collate_batch, window_sp
 
 def quiet_lightning() -> None:
     """Keep the terminal for pumpcast's own output: no framework tips, no known-harmless deprecations."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch 2.13
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # per-process training metrics are rank 0's shard's; validation loss is averaged over processes
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
 
 
 @dataclass
@@ -60,6 +63,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     aux_weight: float = 0.5  # weight of the non-price features in the loss
+    pump_weight: float = 1.0  # weight of the pump head's loss; 0 trains no pump head
+    max_false_alarms_per_day: float = 1.0  # the alarm threshold's budget, applied on validation data
+    split_file: str | None = None  # a split_info.json to reuse instead of making a split
     window_stride: int = 1
     patience: int = 5
     seed: int = 0
@@ -74,6 +80,18 @@ class TrainConfig:
     ddp_timeout_s: int = 300  # a process that stops answering fails the run instead of hanging it
     write_store_files: bool = True  # split_info.json and normalization_params.npy (tuning trials skip them)
     progress_bar: bool = True
+
+
+def pump_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the three pump outputs, positives up-weighted (pumps are rare); windows of
+    tokens whose events are unknown (NaN labels) are left out."""
+    known = torch.isfinite(labels)
+    if not known.any():
+        return logits.sum() * 0.0
+    err = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.nan_to_num(labels), pos_weight=pos_weight, reduction="none"
+    )
+    return (err * known).sum() / known.sum()
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, aux_weight: float) -> torch.Tensor:
@@ -96,6 +114,7 @@ class ForecastModule(pl.LightningModule):
         weight_decay: float,
         warmup_steps: int,
         aux_weight: float,
+        pump_weight: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -104,19 +123,30 @@ class ForecastModule(pl.LightningModule):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(x, mask)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pred = self.model(batch["x"], batch["x_mask"])
-        return masked_loss(pred.float(), batch["y"], batch["y_mask"], self.hparams.aux_weight)
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, pump loss): forecast loss plus pump_weight x the pump head's loss."""
+        pred, pump_logits = self.model(batch["x"], batch["x_mask"])
+        loss = masked_loss(pred.float(), batch["y"], batch["y_mask"], self.hparams.aux_weight)
+        if pump_logits is None:
+            return loss, torch.zeros((), device=loss.device)
+        pump = pump_loss(pump_logits.float(), batch["pump"], self.pos_weight.to(loss.device))
+        return loss + self.hparams.pump_weight * pump, pump
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        self.pos_weight = torch.tensor(dm.pos_weight if dm is not None else [1.0, 1.0, 1.0], dtype=torch.float32)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        loss, _ = self._loss(batch)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["x"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log(
-            "val_loss", self._loss(batch), prog_bar=True, on_epoch=True, batch_size=batch["x"].shape[0], sync_dist=True
-        )
+        loss, pump = self._loss(batch)
+        n = batch["x"].shape[0]
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
+        if self.model.pump is not None:
+            self.log("val_pump_loss", pump, on_epoch=True, batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -153,6 +183,16 @@ class ForecastModule(pl.LightningModule):
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
             state, version, gauss_py = rng["python"]
             random.setstate((version, tuple(state), gauss_py))
+
+
+def positive_weight(labels: np.ndarray, cap: float = 100.0) -> list[float]:
+    """Per pump output, negatives / positives among known labels (capped): balances rare pumps in the loss."""
+    out = []
+    for k in range(labels.shape[1]):
+        y = labels[:, k][np.isfinite(labels[:, k])]
+        pos = float(y.sum())
+        out.append(float(min(cap, max(1.0, (y.size - pos) / pos))) if pos > 0 else 1.0)
+    return out
 
 
 class ShardSampler(Sampler[int]):
@@ -250,13 +290,18 @@ class PumpcastDataModule(pl.LightningDataModule):
         self.train: WindowDataset | None = None
         self.val: WindowDataset | None = None
         self.samplers: dict[str, ShardSampler] = {}
+        self.pos_weight = [1.0, 1.0, 1.0]
 
     def prepare_data(self) -> None:
         cfg, store = self.cfg, self.store
         if len(store) == 0:
             generate_to_store(cfg.data_dir, cfg.num_tokens, cfg.timesteps, cfg.seed)
         lengths = store.lengths()
-        split = make_split(lengths, cfg.split_strategy, cfg.test_ratio, cfg.val_ratio, cfg.train_token_ratio, cfg.seed)
+        split = (
+            load_split_file(cfg.split_file, lengths)
+            if cfg.split_file
+            else make_split(lengths, cfg.split_strategy, cfg.test_ratio, cfg.val_ratio, cfg.train_token_ratio, cfg.seed)
+        )
         L, H = cfg.model.seq_len, cfg.model.horizon
         hint = (
             f"lower --seq-length (now {L}) or --horizon (now {H}), or use longer series "
@@ -279,18 +324,24 @@ class PumpcastDataModule(pl.LightningDataModule):
         world = self.trainer.world_size if self.trainer else 1
         lengths = self.store.lengths()
         L, H, stride = self.cfg.model.seq_len, self.cfg.model.horizon, self.cfg.window_stride
+        K = self.cfg.model.pump_horizon
         for name in ("train", "val"):
             ranges = self.split.ranges[name]
             counts = {t: window_span(lengths[t], r, L, H, stride)[1] for t, r in ranges.items()}
             mine = shard_tokens(counts, world)[rank]
+            tokens = {t: self.store.read(t) for t in mine}
+            labels = {t: pump_labels(len(tok.features), tok.events, K) for t, tok in tokens.items() if tok.events_known}
             ds = WindowDataset(
-                {t: self.store.read_features(t) for t in mine},
+                {t: tok.features for t, tok in tokens.items()},
                 {t: ranges[t] for t in mine},
                 L,
                 H,
                 self.normalizer,
                 stride,
+                labels,
             )
+            if name == "train":
+                self.pos_weight = positive_weight(ds.flat_labels)
             per_rank = max(1, sum(counts.values()) // world)
             self.samplers[name] = ShardSampler(len(ds), per_rank, self.cfg.seed, rank, shuffle=name == "train")
             setattr(self, name, ds)
@@ -353,7 +404,14 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     use_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     data = PumpcastDataModule(cfg)
-    module = ForecastModule(cfg.model.to_dict(), cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.aux_weight)
+    module = ForecastModule(
+        cfg.model.to_dict(),
+        cfg.learning_rate,
+        cfg.weight_decay,
+        cfg.warmup_steps,
+        cfg.aux_weight,
+        cfg.pump_weight if cfg.model.pump_head else 0.0,
+    )
     ckpt_dir = Path(cfg.checkpoint_dir)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -361,12 +419,15 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
         monitor="val_loss",
         mode="min",
         save_top_k=1,
-        save_last=True,
         enable_version_counter=False,
     )
+    # Lightning's save_last only writes when another checkpoint is written (an improved val_loss); resume needs
+    # the latest epoch whatever its loss, so last.ckpt has a callback of its own.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     history = _History()
     callbacks = [
         checkpoint,
+        latest,
         EarlyStopping("val_loss", patience=cfg.patience),
         Throughput(),
         _SamplerEpoch(data),
@@ -417,6 +478,8 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
         },
         metrics={"best_val_loss": best},
     )
+    if cfg.model.pump_head:
+        bundle.pump = calibrate_pump_head(bundle, data.store, data.split.ranges["val"], cfg.max_false_alarms_per_day)
     model_path = save_model_file(bundle, cfg.save_model) if cfg.save_model else None
     return FitResult(bundle, data, best, trainer.current_epoch, model_path, history.rows)
 
@@ -435,3 +498,73 @@ class _SamplerEpoch(Callback):
 def _interval(store: TokenDataManager) -> int:
     tokens = store.metadata()["tokens"]
     return int(next(iter(tokens.values()))["interval_ms"]) if tokens else 60_000
+
+
+def load_split_file(path: str, lengths: dict[int, int]) -> Split:
+    """A split_info.json written earlier (or by hand), checked against the store's tokens."""
+    import json
+
+    try:
+        split = Split.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PumpcastError(f"{path}: not a readable split_info.json ({exc})") from exc
+    for name, ranges in split.ranges.items():
+        for t, (a, b) in ranges.items():
+            if t not in lengths or not 0 <= a <= b <= lengths[t]:
+                raise PumpcastError(f"{path}: {name} range {a}-{b} of token {t} does not fit the store")
+    return split
+
+
+def calibrate_pump_head(
+    bundle: ModelBundle,
+    store: TokenDataManager,
+    val_ranges: dict[int, tuple[int, int]],
+    max_false_alarms_per_day: float,
+) -> dict[str, Any]:
+    """On validation data only: Platt-scale the pump head, then choose the alarm thresholds of the model and of
+    the baselines to the false-alarm budget. Everything evaluate and detect use later comes from here."""
+    from pumpcast.forecasting import Forecaster
+    from pumpcast.pumps import BASELINES, TokenScores, calibrated, choose_threshold, event_metrics, fit_platt
+
+    forecaster = Forecaster(bundle)
+    K = bundle.config.pump_horizon
+    logits, labels, items, baseline_items = [], [], [], {name: [] for name in BASELINES}
+    for t, (a, b) in sorted(val_ranges.items()):
+        tok = store.read(t)
+        if not tok.events_known or b <= a:
+            continue
+        raw = forecaster.pump_logits(tok.features, a, b)
+        lab = pump_labels(len(tok.features), tok.events, K)
+        keep = np.isfinite(raw[:, 0])
+        logits.append(raw[keep])
+        labels.append(lab[keep])
+        per_day = 86_400_000 / tok.interval_ms
+        items.append((t, raw, tok.events, per_day))
+        for name, score in BASELINES.items():
+            s = score(tok.features)
+            s[~keep] = np.nan
+            baseline_items[name].append(TokenScores(t, s, tok.events, per_day))
+    if not logits:
+        return {
+            "horizon": K,
+            "calibration": [[1.0, 0.0]] * 3,
+            "threshold": float("inf"),
+            "max_false_alarms_per_day": max_false_alarms_per_day,
+            "baseline_thresholds": {},
+            "note": "no validation token with known events: uncalibrated, no alarms",
+        }
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    calibration = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(3)]
+    model_items = [TokenScores(t, calibrated(raw, calibration)[:, 2], ev, per_day) for t, raw, ev, per_day in items]
+    threshold = choose_threshold(model_items, K, max_false_alarms_per_day)
+    baseline_thresholds = {
+        name: choose_threshold(its, K, max_false_alarms_per_day) for name, its in baseline_items.items()
+    }
+    return {
+        "horizon": K,
+        "calibration": calibration,
+        "threshold": threshold,
+        "max_false_alarms_per_day": max_false_alarms_per_day,
+        "baseline_thresholds": baseline_thresholds,
+        "val_metrics": event_metrics(model_items, threshold, K),
+    }

@@ -209,7 +209,8 @@ class WindowDataset(Dataset):
 
     series: token id -> raw features (T, 6); ranges: token id -> [start, end) of allowed target steps.
     A batch (via __getitems__) is a dict of tensors: x (B, L, 6), x_mask, y (B, H, 6), y_mask, ref (B, 6),
-    token (B,), start (B,) = index of the first input step.
+    token (B,), start (B,) = index of the first input step, pump (B, 3) = the pump labels of the last input
+    step (labels: token id -> (T, 3), see pumps.pump_labels; NaN for tokens whose events are unknown).
     """
 
     def __init__(
@@ -220,11 +221,12 @@ class WindowDataset(Dataset):
         horizon: int,
         normalizer: Normalizer | None = None,
         stride: int = 1,
+        labels: Mapping[int, np.ndarray] | None = None,
     ):
         self.seq_len, self.horizon, self.stride = int(seq_len), int(horizon), max(1, int(stride))
         self.normalizer = normalizer or Normalizer.identity()
         self.token_ids = np.array(sorted(t for t in ranges if t in series), dtype=np.int64)
-        parts, offsets, first, counts = [], [], [], []
+        parts, label_parts, offsets, first, counts = [], [], [], [], []
         pos = 0
         for t in self.token_ids:
             base = to_base(series[int(t)]).astype(np.float32)
@@ -233,8 +235,11 @@ class WindowDataset(Dataset):
             first.append(lo)
             offsets.append(pos)
             parts.append(base)
+            unknown = np.full((base.shape[0], 3), np.nan, np.float32)  # pump labels of tokens without events
+            label_parts.append(labels[int(t)] if labels and int(t) in labels else unknown)
             pos += base.shape[0]
         self.flat = np.concatenate(parts) if parts else np.zeros((0, len(FEATURES)), np.float32)
+        self.flat_labels = np.concatenate(label_parts) if label_parts else np.zeros((0, 3), np.float32)
         self.offsets = np.array(offsets, dtype=np.int64)
         self.first = np.array(first, dtype=np.int64)
         self.cum = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -260,7 +265,9 @@ class WindowDataset(Dataset):
         rel, ref = relative(self.gather_base(idx), self.seq_len)
         z, mask = self.normalizer.normalize(rel, self.seq_len)
         L = self.seq_len
+        last = self.offsets[k] + start + L - 1  # row of each window's last input step
         return {
+            "pump": torch.from_numpy(self.flat_labels[last]),
             "x": torch.from_numpy(z[:, :L]),
             "x_mask": torch.from_numpy(mask[:, :L]),
             "y": torch.from_numpy(z[:, L:]),

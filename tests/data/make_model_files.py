@@ -41,15 +41,27 @@ def main() -> None:
         num_layers=1,
         dim_feedforward=32,
         head_hidden=32,
+        pump_head=True,
+        pump_horizon=5,
     )
+    pump = {
+        "horizon": 5,
+        "calibration": [[1.0, -2.0], [0.5, 0.0], [1.0, -1.0]],
+        "threshold": 0.5,
+        "max_false_alarms_per_day": 1.0,
+        "baseline_thresholds": {"volume_z": 3.0, "buys_z": 3.0},
+    }
     bundle = ModelBundle(
         PumpcastTransformer(config).eval(),
         Normalizer(np.full(6, 0.01), np.full(6, 0.5)),
         data_config={"interval_ms": 60_000},
         metrics={"best_val_loss": 0.0},
+        pump=pump,
     )
     save_model_file(bundle, path)
-    np.save(HERE / f"model_v{FORMAT_VERSION}_forecast.npy", Forecaster.load(path).rollout(history(), 10))
+    forecaster = Forecaster.load(path)
+    np.save(HERE / f"model_v{FORMAT_VERSION}_forecast.npy", forecaster.rollout(history(), 10))
+    np.save(HERE / f"model_v{FORMAT_VERSION}_pump.npy", forecaster.pump_probability(history()[0]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""Pump events: per-step labels from stored events, rolling z-score baselines, alarm thresholds chosen on
+validation data to a false-alarm budget, and event-level metrics.
+
+Conventions (steps are bar indices of one token):
+- a pump "starts" at its event start (the first surge bar for synthetic pumps, the announced minute for real
+  ones) and is "under way" from its start to its peak (real events, whose peak is unknown: 5 steps);
+- an alarm is a run of consecutive steps whose score reaches the threshold, counted once, at its first step;
+- an event is detected if an alarmed step falls in [start - K, start + 2]; an early warning if one falls in
+  [start - K, start - 1]; the delay is the first such step minus the start (negative = early);
+- a false alarm is an alarm that begins outside every event's [start - K, end] (end = start + 2 at least).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pumpcast.schema import BUYS, VOLUME, Event
+
+PUMP = "pump_and_dump"
+REAL_PEAK_STEPS = 5  # real pumps peak within about 1-5 minutes of the announcement
+#: The three pump outputs: a pump starts within K steps, one is under way, either of the two.
+PUMP_TARGETS = ("soon", "now", "any")
+DETECT_AFTER = 2  # an alarm up to this many steps after the start still detects the event
+
+
+def pump_events(events: Sequence[Event]) -> list[Event]:
+    return [e for e in events if e.type == PUMP]
+
+
+def pump_labels(n_steps: int, events: Sequence[Event], horizon: int) -> np.ndarray:
+    """(T, 3) float32: [a pump starts within the next `horizon` steps, a pump is under way, either]."""
+    soon = np.zeros(n_steps, dtype=bool)
+    now = np.zeros(n_steps, dtype=bool)
+    for e in pump_events(events):
+        soon[max(0, e.start - horizon) : max(0, e.start)] = True  # steps t with start in (t, t + horizon]
+        peak = e.peak if e.peak >= e.start else e.start + REAL_PEAK_STEPS - 1
+        now[max(0, e.start) : min(n_steps, peak + 1)] = True
+    return np.stack([soon, now, soon | now], axis=1).astype(np.float32)
+
+
+def rolling_zscore(x: np.ndarray, window: int = 60, min_std: float = 0.5) -> np.ndarray:
+    """z-score of each step against the previous `window` steps (past only; NaN until enough history).
+
+    The standard deviation is floored at min_std: thin markets sit flat for an hour, and one ordinary trade
+    after a flat hour must not score as an infinite surprise.
+    """
+    s = pd.Series(x, dtype="float64")
+    past = s.shift(1).rolling(window, min_periods=max(2, window // 2))
+    return ((s - past.mean()) / np.maximum(past.std(), min_std)).to_numpy(dtype=np.float64, copy=True)
+
+
+def volume_z(features: np.ndarray) -> np.ndarray:
+    """Baseline score: rolling z-score of log volume (volume in units of its median active bar)."""
+    v = np.nan_to_num(features[:, VOLUME])
+    scale = np.median(v[v > 0]) if (v > 0).any() else 1.0
+    return rolling_zscore(np.log1p(v / scale))
+
+
+def buys_z(features: np.ndarray) -> np.ndarray:
+    """Baseline score: rolling z-score of the buy count."""
+    return rolling_zscore(np.log1p(np.nan_to_num(features[:, BUYS])))
+
+
+BASELINES = {"volume_z": volume_z, "buys_z": buys_z}
+
+
+def alarm_onsets(alarmed: np.ndarray) -> np.ndarray:
+    """Steps where a run of alarmed steps begins."""
+    a = np.asarray(alarmed, dtype=bool)
+    return np.flatnonzero(a & ~np.concatenate([[False], a[:-1]]))
+
+
+@dataclass
+class TokenScores:
+    """One token's per-step scores over the steps it is evaluated on, with its pump events."""
+
+    token_id: int
+    scores: np.ndarray  # (T,), NaN where not evaluated (no full window yet, or outside the split)
+    events: list[Event]
+    steps_per_day: float
+    source: str = ""
+
+
+def _windows(e: Event, horizon: int) -> tuple[int, int, int]:
+    """(first step that detects, last step that detects, last step that is not a false alarm)."""
+    return e.start - horizon, e.start + DETECT_AFTER, max(e.end, e.start + DETECT_AFTER)
+
+
+def event_metrics(items: Sequence[TokenScores], threshold: float, horizon: int, auprc: bool = True) -> dict[str, float]:
+    """Recall, early warnings, false alarms per day, median delay and AUPRC over tokens (see module doc)."""
+    detected = early = n_events = false_alarms = 0
+    delays: list[int] = []
+    days = 0.0
+    labels, scores = [], []
+    for it in items:
+        valid = np.isfinite(it.scores)
+        alarmed = valid & (it.scores >= threshold)
+        days += valid.sum() / it.steps_per_day
+        events = [e for e in pump_events(it.events) if 0 <= e.start < len(it.scores) and valid[e.start]]
+        for e in events:
+            n_events += 1
+            lo, hi, _ = _windows(e, horizon)
+            hits = np.flatnonzero(alarmed[max(0, lo) : hi + 1]) + max(0, lo)
+            if hits.size:
+                detected += 1
+                delays.append(int(hits[0] - e.start))
+                early += int(hits[0] < e.start)
+        spans = [(_windows(e, horizon)[0], _windows(e, horizon)[2]) for e in pump_events(it.events)]
+        for onset in alarm_onsets(alarmed):
+            if not any(lo <= onset <= hi for lo, hi in spans):
+                false_alarms += 1
+        if auprc:
+            labels.append(pump_labels(len(it.scores), it.events, horizon)[valid, 2])
+            scores.append(it.scores[valid])
+    y = np.concatenate(labels) if labels else np.zeros(0)
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    return {
+        "events": n_events,
+        "recall": detected / n_events if n_events else float("nan"),
+        "early_warning_rate": early / n_events if n_events else float("nan"),
+        "false_alarms_per_day": false_alarms / days if days else float("nan"),
+        "median_delay_steps": float(np.median(delays)) if delays else float("nan"),
+        "auprc": average_precision(y, s) if auprc else float("nan"),
+        "days": days,
+        "threshold": float(threshold),
+    }
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision over the positives, ties resolved together)."""
+    labels = np.asarray(labels, dtype=bool)
+    if labels.sum() == 0:
+        return float("nan")
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+    s, y = np.asarray(scores)[order], labels[order]
+    tp = np.cumsum(y)
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    precision = tp[last_of_tie] / (np.flatnonzero(last_of_tie) + 1)
+    recall_gain = np.diff(np.r_[0, tp[last_of_tie]])
+    return float((precision * recall_gain).sum() / y.sum())
+
+
+def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarms_per_day: float = 1.0) -> float:
+    """The lowest threshold whose false alarms per day stay within the budget, on the given (validation)
+    tokens. Lower thresholds only add alarms, so the highest recall within budget is the lowest such one."""
+    values = np.concatenate([it.scores[np.isfinite(it.scores)] for it in items]) if items else np.zeros(0)
+    if values.size == 0:
+        return float("inf")
+    candidates = np.unique(np.quantile(values, np.linspace(0.5, 1.0, 401)))
+    for th in candidates:  # ascending: the first within budget is the lowest
+        if event_metrics(items, th, horizon, auprc=False)["false_alarms_per_day"] <= max_false_alarms_per_day:
+            return float(th)
+    return float(np.nextafter(values.max(), np.inf))
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, float]:
+    """Platt scaling on validation data: (a, b) so that sigmoid(a * logit + b) is calibrated. The pump head is
+    trained with positives up-weighted (pumps are rare), which inflates its raw probabilities; this undoes it.
+    Identity when the data has no positive or no negative."""
+    import torch
+
+    y = np.asarray(labels, dtype=np.float64)
+    keep = np.isfinite(y) & np.isfinite(logits)
+    if keep.sum() < 2 or y[keep].min() == y[keep].max():
+        return 1.0, 0.0
+    x_t = torch.tensor(np.asarray(logits)[keep], dtype=torch.float64)
+    y_t = torch.tensor(y[keep], dtype=torch.float64)
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * x_t + b, y_t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(a.detach()), float(b.detach())
+
+
+def calibrated(logits: np.ndarray, calibration: Sequence[Sequence[float]]) -> np.ndarray:
+    """Raw pump logits (..., 3) -> calibrated probabilities (..., 3); NaN stays NaN."""
+    ab = np.asarray(calibration, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-(np.asarray(logits) * ab[:, 0] + ab[:, 1])))

@@ -1,0 +1,182 @@
+"""The pump head end to end: calibration and thresholds from validation data only, predict's
+pump_probability column, detect's bar-by-bar alarms, and the evaluation report."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import TINY_MODEL
+
+from pumpcast.cli import main
+from pumpcast.forecasting import Forecaster
+from pumpcast.modelfile import load_model_file
+from pumpcast.splits import Split
+from pumpcast.store import TokenDataManager
+from pumpcast.training import calibrate_pump_head
+
+TINY = [*TINY_MODEL, "--window-stride", "4", "--no-mlflow"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pump")
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--num-tokens",
+                "6",
+                "--timesteps",
+                "2500",
+                "--epochs",
+                "2",
+                "--data-dir",
+                str(work / "data"),
+                "--checkpoint-dir",
+                str(work / "ck"),
+                "--save-model",
+                str(work / "m.pth"),
+                "--split-strategy",
+                "token",
+                "--pump-horizon",
+                "5",
+            ]
+        )
+        == 0
+    )
+    return work
+
+
+def test_model_file_carries_validation_calibration_and_thresholds(trained):
+    pump = load_model_file(trained / "m.pth").pump
+    assert pump["horizon"] == 5 and pump["max_false_alarms_per_day"] == 1.0
+    assert len(pump["calibration"]) == 3 and set(pump["baseline_thresholds"]) == {"volume_z", "buys_z"}
+    assert pump["val_metrics"]["events"] > 0  # the validation tokens hold pumps
+    assert pump["val_metrics"]["false_alarms_per_day"] <= 1.0
+
+
+def test_thresholds_depend_on_validation_data_only(trained, tmp_path):
+    bundle = load_model_file(trained / "m.pth")
+    store = TokenDataManager(trained / "data")
+    split = Split.from_json(store.load_split())
+    base = calibrate_pump_head(bundle, store, split.ranges["val"], 1.0)
+    assert base["threshold"] == pytest.approx(bundle.pump["threshold"])
+
+    def wrecked(name: str) -> dict:
+        copy = tmp_path / name
+        shutil.copytree(trained / "data", copy)
+        s = TokenDataManager(copy)
+        toks = []
+        for t, (a, b) in split.ranges[name].items():
+            tok = s.read(t)
+            tok.features[a:b, [1, 3, 4]] *= np.random.default_rng(t).uniform(0, 50, (b - a, 3))
+            toks.append(tok)
+        s.write(toks)
+        return calibrate_pump_head(bundle, s, split.ranges["val"], 1.0)
+
+    same = wrecked("test")  # whatever happens in the test part, the choice is the same
+    assert same["threshold"] == base["threshold"] and same["baseline_thresholds"] == base["baseline_thresholds"]
+    other = wrecked("val")
+    assert other["baseline_thresholds"] != base["baseline_thresholds"]
+
+
+def test_predict_adds_pump_probability(trained, tmp_path):
+    assert (
+        main(["export", "--data-dir", str(trained / "data"), "--token-id", "0", "--output", str(tmp_path / "h.csv")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--load-model",
+                str(trained / "m.pth"),
+                "--input",
+                str(tmp_path / "h.csv"),
+                "--steps",
+                "4",
+                "--output",
+                str(tmp_path / "f.csv"),
+            ]
+        )
+        == 0
+    )
+    f = pd.read_csv(tmp_path / "f.csv")
+    assert "pump_probability" in f.columns and f["pump_probability"].between(0, 1).all()
+    history = pd.read_csv(tmp_path / "h.csv")
+    expected = Forecaster.load(trained / "m.pth").pump_probability(history.iloc[:, 1:].to_numpy(float))[-1]
+    assert f["pump_probability"].iloc[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_detect_walks_bar_by_bar(trained, tmp_path, capsys):
+    assert (
+        main(["export", "--data-dir", str(trained / "data"), "--token-id", "1", "--output", str(tmp_path / "h.csv")])
+        == 0
+    )
+    history = pd.read_csv(tmp_path / "h.csv")
+    feats = history.iloc[:, 1:].to_numpy(float)
+    forecaster = Forecaster.load(trained / "m.pth")
+    p = forecaster.pump_probability(feats)
+    # causal: the probability at a step is the same when the history ends there
+    for t in (63, 500, 1700):
+        assert forecaster.pump_probability(feats[: t + 1])[t] == pytest.approx(p[t], rel=1e-5)
+    assert np.isnan(p[:63]).all() and np.isfinite(p[63:]).all()
+    threshold = float(np.quantile(p[63:], 0.99))
+    assert (
+        main(
+            [
+                "detect",
+                "--load-model",
+                str(trained / "m.pth"),
+                "--input",
+                str(tmp_path / "h.csv"),
+                "--threshold",
+                str(threshold),
+                "--output",
+                str(tmp_path / "alarms.csv"),
+            ]
+        )
+        == 0
+    )
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ALARM")]
+    alarmed = np.nan_to_num(p) >= threshold
+    onsets = np.flatnonzero(alarmed & ~np.r_[False, alarmed[:-1]])
+    assert len(lines) == len(onsets) > 0
+    assert lines[0].split()[1] == history["time"][onsets[0]] and f"step {onsets[0]} " in lines[0]
+    out = pd.read_csv(tmp_path / "alarms.csv")
+    assert out["alarm"].sum() == len(onsets)
+
+
+def test_evaluate_writes_the_report(trained, tmp_path):
+    out = tmp_path / "reports"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--load-model",
+                str(trained / "m.pth"),
+                "--data-dir",
+                str(trained / "data"),
+                "--output-dir",
+                str(out),
+                "--no-mlflow",
+                "--steps",
+                "20",
+                "--origin-every",
+                "300",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    pump = load_model_file(trained / "m.pth").pump
+    assert report["thresholds"]["model"] == pytest.approx(pump["threshold"])  # chosen on validation, not here
+    overall = report["events"]["overall"]
+    assert set(overall) == {"model", "volume_z", "buys_z"} and overall["model"]["events"] > 0
+    assert set(report["forecast"]["1-10"]) >= {"mae_log", "mae_log_persistence", "mae_log_drift"}
+    text = (out / "report.md").read_text()
+    assert "| model |" in text and "| volume_z |" in text and "persistence" in text
+    assert report["pictures"] and all((out / p).is_file() for p in report["pictures"])

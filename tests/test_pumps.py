@@ -1,0 +1,89 @@
+"""Pump labels and event metrics on small cases computed by hand."""
+
+import numpy as np
+import pytest
+
+from pumpcast.pumps import (
+    TokenScores,
+    alarm_onsets,
+    average_precision,
+    choose_threshold,
+    event_metrics,
+    pump_labels,
+    rolling_zscore,
+)
+from pumpcast.schema import Event
+
+PUMP = "pump_and_dump"
+
+
+def test_labels_soon_now_any():
+    lab = pump_labels(20, [Event(PUMP, 10, 12, 15, 0.5), Event("news", 2, 2, 4, 1.0)], horizon=3)
+    assert np.flatnonzero(lab[:, 0]).tolist() == [7, 8, 9]  # the start lies in (t, t + 3]
+    assert np.flatnonzero(lab[:, 1]).tolist() == [10, 11, 12]  # start .. peak
+    assert np.flatnonzero(lab[:, 2]).tolist() == [7, 8, 9, 10, 11, 12]
+    real = pump_labels(20, [Event(PUMP, 10, -1, -1, float("nan"))], horizon=2)  # peak unknown: 5 steps
+    assert np.flatnonzero(real[:, 1]).tolist() == [10, 11, 12, 13, 14]
+    assert np.flatnonzero(real[:, 0]).tolist() == [8, 9]
+
+
+def test_alarm_runs_count_once():
+    assert alarm_onsets(np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 1], bool)).tolist() == [1, 4, 9]
+
+
+def _item(scores, events, steps_per_day=100.0):
+    return TokenScores(0, np.asarray(scores, dtype=float), events, steps_per_day)
+
+
+def test_event_metrics_hand_computed():
+    scores = np.zeros(200)
+    scores[:20] = np.nan  # no full window yet: not evaluated
+    scores[47] = 1.0  # 3 steps before the start: an early warning
+    scores[48:50] = 1.0  # same run: still one alarm
+    scores[120:125] = 1.0  # far from any event: one false alarm
+    scores[150] = 1.0  # a second false alarm
+    events = [Event(PUMP, 50, 52, 80, 0.3), Event(PUMP, 170, 171, 190, 0.2)]  # the second is missed
+    m = event_metrics([_item(scores, events)], threshold=0.5, horizon=5)
+    assert m["events"] == 2
+    assert m["recall"] == 0.5 and m["early_warning_rate"] == 0.5
+    assert m["median_delay_steps"] == -3
+    assert m["days"] == pytest.approx(180 / 100)
+    assert m["false_alarms_per_day"] == pytest.approx(2 / 1.8)
+    # an alarm inside the event's span (after the detection window) is neither a detection nor a false alarm
+    late = np.zeros(200)
+    late[60] = 1.0
+    m = event_metrics([_item(late, events)], threshold=0.5, horizon=5)
+    assert m["recall"] == 0 and m["false_alarms_per_day"] == 0
+    # detection two steps after the start counts, three does not
+    for step, hit in ((52, 1.0), (53, 0.0)):
+        s = np.zeros(200)
+        s[step] = 1.0
+        assert event_metrics([_item(s, events[:1])], 0.5, 5)["recall"] == hit
+
+
+def test_average_precision_hand_computed():
+    assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == pytest.approx(
+        (1 / 1 + 2 / 3) / 2
+    )
+    assert average_precision(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(0.5)  # a tie
+
+
+def test_threshold_is_the_lowest_within_the_false_alarm_budget():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 0.5, 1000)
+    scores[[100, 300, 500, 700]] = [0.9, 0.8, 0.7, 0.6]  # four isolated high-score alarms, no events
+    item = _item(scores, [], steps_per_day=500.0)  # 2 days
+    th = choose_threshold([item], horizon=5, max_false_alarms_per_day=1.0)
+    assert event_metrics([item], th, 5)["false_alarms_per_day"] <= 1.0
+    assert 0.6 < th <= 0.8  # two alarms in two days are allowed, three are not
+    assert choose_threshold([item], 5, max_false_alarms_per_day=0.0) > 0.9
+
+
+def test_rolling_zscore_uses_the_past_only():
+    x = np.ones(100)
+    x[50] = 10.0
+    z = rolling_zscore(x, window=20, min_std=0.5)
+    assert np.isnan(z[0]) and z[50] == pytest.approx((10 - 1) / 0.5)  # a burst after a flat past: floored std
+    y = x.copy()
+    y[60:] = 1000.0  # the future does not change earlier scores
+    np.testing.assert_array_equal(rolling_zscore(y, 20)[:60], z[:60])
