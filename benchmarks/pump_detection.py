@@ -26,12 +26,44 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-pumps"
 def train_and_evaluate(data: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> dict:
     model = out / "model.pth"
     common = ["--data-dir", str(data), "--no-mlflow"]
-    assert pumpcast(["train", *common, "--epochs", str(args.epochs), "--window-stride", str(args.stride),
-                     "--seq-length", str(args.seq_length), "--save-model", str(model), "--checkpoint-dir",
-                     str(out / "ckpt"), "--no-progress", "--seed", str(args.seed), *extra]) == 0
+    assert (
+        pumpcast(
+            [
+                "train",
+                *common,
+                "--epochs",
+                str(args.epochs),
+                "--window-stride",
+                str(args.stride),
+                "--seq-length",
+                str(args.seq_length),
+                "--save-model",
+                str(model),
+                "--checkpoint-dir",
+                str(out / "ckpt"),
+                "--no-progress",
+                "--seed",
+                str(args.seed),
+                *extra,
+            ]
+        )
+        == 0
+    )
     split_file = extra[extra.index("--split-file") + 1] if "--split-file" in extra else None
-    assert pumpcast(["evaluate", *common, "--load-model", str(model), "--output-dir", str(out / "report"),
-                     *(["--split-file", split_file] if split_file else [])]) == 0
+    assert (
+        pumpcast(
+            [
+                "evaluate",
+                *common,
+                "--load-model",
+                str(model),
+                "--output-dir",
+                str(out / "report"),
+                *(["--split-file", split_file] if split_file else []),
+            ]
+        )
+        == 0
+    )
     return json.loads((out / "report" / "report.json").read_text())
 
 
@@ -59,7 +91,7 @@ def real(args: argparse.Namespace) -> None:
     for fold in range(args.folds):
         test = real_ids[fold :: args.folds]
         rest = [t for t in real_ids if t not in test]
-        val = rest[:: 3]  # a third of the remaining real tokens choose the threshold
+        val = rest[::3]  # a third of the remaining real tokens choose the threshold
         train = [t for t in rest if t not in val]
         n_syn_val = max(1, len(synthetic_ids) // 10)
         ranges = {
@@ -80,8 +112,10 @@ def real(args: argparse.Namespace) -> None:
         days = sum(r[name]["days"] for r in results)
         fa = sum(r[name]["false_alarms_per_day"] * r[name]["days"] for r in results)
         early = sum(r[name]["early_warning_rate"] * r[name]["events"] for r in results)
-        print(f"all folds, {name}: recall {hits / events:.3f} ({hits:.0f}/{events}), early warnings "
-              f"{early / events:.3f}, false alarms/day {fa / days:.2f}")
+        print(
+            f"all folds, {name}: recall {hits / events:.3f} ({hits:.0f}/{events}), early warnings "
+            f"{early / events:.3f}, false alarms/day {fa / days:.2f}"
+        )
 
 
 def main() -> None:

@@ -205,6 +205,7 @@ def evaluate_store(
         "pump_horizon": K,
         "max_false_alarms_per_day": pump["max_false_alarms_per_day"],
         "thresholds": thresholds,
+        "alarm_output": pump.get("alarm_output", "any"),
         "validation": pump.get("val_metrics", {}),
     }
     report["forecast"] = forecast_metrics(rolling_origins(forecaster, store, split, steps, every), steps)
@@ -251,7 +252,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "Research tool, not financial advice.",
         "",
         f"Split `{report['split_strategy']}`, test tokens {report['test_tokens']}. Pump horizon K = "
-        f"{report['pump_horizon']} steps; alarm thresholds chosen on validation data to at most "
+        f'{report["pump_horizon"]} steps; the model alarms on its "{report["alarm_output"]}" probability (chosen '
+        "on validation). Alarm thresholds chosen on validation data to at most "
         f"{report['max_false_alarms_per_day']} false alarm(s) per day: "
         + ", ".join(f"{k} {_fmt(float(v))}" for k, v in report["thresholds"].items())
         + ".",

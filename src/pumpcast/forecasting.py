@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pumpcast.modelfile import ModelBundle, load_model_file
-from pumpcast.pumps import calibrated
+from pumpcast.pumps import PUMP_TARGETS, calibrated
 from pumpcast.schema import FEATURES, PumpcastError
 from pumpcast.windows import relative, to_base
 
@@ -94,10 +94,13 @@ class Forecaster:
         return out
 
     def pump_probability(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Calibrated probability (T,) that a pump starts within the model's pump horizon or is under way."""
+        """Calibrated probability (T,) of the pump output that raises alarms (the model file's alarm_output,
+        chosen on validation): "any" = a pump starts within the pump horizon or is under way, "now" = one is
+        under way."""
         if not self.has_pump_head:
             raise PumpcastError("this model has no calibrated pump head; train it with --pump-weight > 0")
-        return calibrated(self.pump_logits(features, lo, hi), self.bundle.pump["calibration"])[:, 2]
+        k = PUMP_TARGETS.index(self.bundle.pump.get("alarm_output", "any"))
+        return calibrated(self.pump_logits(features, lo, hi), self.bundle.pump["calibration"])[:, k]
 
     def predict(self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int) -> list[pd.DataFrame]:
         """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together.

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.modelfile import ModelBundle, save_model_file
-from pumpcast.pumps import pump_labels
+from pumpcast.pumps import PUMP_TARGETS, pump_labels
 from pumpcast.schema import PRICE, PumpcastError
 from pumpcast.simulator import generate_to_store
 from pumpcast.splits import Split, make_split
@@ -341,7 +341,7 @@ class PumpcastDataModule(pl.LightningDataModule):
                 labels,
             )
             if name == "train":
-                self.pos_weight = positive_weight(ds.flat_labels)
+                self.pos_weight = positive_weight(ds.flat_labels) if ds.flat_labels is not None else [1.0] * 3
             per_rank = max(1, sum(counts.values()) // world)
             self.samplers[name] = ShardSampler(len(ds), per_rank, self.cfg.seed, rank, shuffle=name == "train")
             setattr(self, name, ds)
@@ -521,8 +521,10 @@ def calibrate_pump_head(
     val_ranges: dict[int, tuple[int, int]],
     max_false_alarms_per_day: float,
 ) -> dict[str, Any]:
-    """On validation data only: Platt-scale the pump head, then choose the alarm thresholds of the model and of
-    the baselines to the false-alarm budget. Everything evaluate and detect use later comes from here."""
+    """On validation data only: Platt-scale the pump head, choose which output raises alarms ("now" or "any",
+    by validation recall within the false-alarm budget, then fewer false alarms), and choose the alarm
+    thresholds of the model and of the baselines to the budget. Everything evaluate and detect use later
+    comes from here."""
     from pumpcast.forecasting import Forecaster
     from pumpcast.pumps import BASELINES, TokenScores, calibrated, choose_threshold, event_metrics, fit_platt
 
@@ -555,16 +557,23 @@ def calibrate_pump_head(
         }
     all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
     calibration = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(3)]
-    model_items = [TokenScores(t, calibrated(raw, calibration)[:, 2], ev, per_day) for t, raw, ev, per_day in items]
-    threshold = choose_threshold(model_items, K, max_false_alarms_per_day)
+    choices = []
+    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
+        k = PUMP_TARGETS.index(output)
+        its = [TokenScores(t, calibrated(raw, calibration)[:, k], ev, per_day) for t, raw, ev, per_day in items]
+        th = choose_threshold(its, K, max_false_alarms_per_day)
+        m = event_metrics(its, th, K)
+        choices.append((-np.nan_to_num(m["recall"]), m["false_alarms_per_day"], output, th, m))
+    _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
     baseline_thresholds = {
         name: choose_threshold(its, K, max_false_alarms_per_day) for name, its in baseline_items.items()
     }
     return {
         "horizon": K,
         "calibration": calibration,
+        "alarm_output": alarm_output,
         "threshold": threshold,
         "max_false_alarms_per_day": max_false_alarms_per_day,
         "baseline_thresholds": baseline_thresholds,
-        "val_metrics": event_metrics(model_items, threshold, K),
+        "val_metrics": val_metrics,
     }

@@ -235,11 +235,11 @@ class WindowDataset(Dataset):
             first.append(lo)
             offsets.append(pos)
             parts.append(base)
-            unknown = np.full((base.shape[0], 3), np.nan, np.float32)  # pump labels of tokens without events
-            label_parts.append(labels[int(t)] if labels and int(t) in labels else unknown)
+            if labels is not None:  # tokens whose events are unknown get NaN labels
+                label_parts.append(labels.get(int(t), np.full((base.shape[0], 3), np.nan, np.float32)))
             pos += base.shape[0]
         self.flat = np.concatenate(parts) if parts else np.zeros((0, len(FEATURES)), np.float32)
-        self.flat_labels = np.concatenate(label_parts) if label_parts else np.zeros((0, 3), np.float32)
+        self.flat_labels = np.concatenate(label_parts).astype(np.float32) if label_parts else None
         self.offsets = np.array(offsets, dtype=np.int64)
         self.first = np.array(first, dtype=np.int64)
         self.cum = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -267,7 +267,9 @@ class WindowDataset(Dataset):
         L = self.seq_len
         last = self.offsets[k] + start + L - 1  # row of each window's last input step
         return {
-            "pump": torch.from_numpy(self.flat_labels[last]),
+            "pump": torch.from_numpy(
+                self.flat_labels[last] if self.flat_labels is not None else np.full((len(idx), 3), np.nan, np.float32)
+            ),
             "x": torch.from_numpy(z[:, :L]),
             "x_mask": torch.from_numpy(mask[:, :L]),
             "y": torch.from_numpy(z[:, L:]),
