@@ -292,6 +292,21 @@ def test_model_trained_on_other_features_is_refused(tmp_path):
         load_model_file(tmp_path / "newer.pth")
 
 
+def test_rollout_damping_is_chosen_on_validation_and_bounds_price_moves(seed_run):
+    work, _, _, _ = seed_run
+    bundle = load_model_file(work / "model_v2.pth")
+    assert bundle.rollout_damping in (1.0, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.0)
+    store = TokenDataManager(work / "training-data")
+    split = Split.from_json(store.load_split())
+    forecaster = Forecaster(bundle)
+    assert forecaster.fit_damping(store, split.ranges["val"]) == bundle.rollout_damping
+    history = store.read_features(0)[:300][None]
+    flat = forecaster.rollout(history, 40, damping=0.0)[0, :, 0]
+    assert np.all(flat[8:] == flat[7])  # after the first pass of 8 steps the price holds
+    free = forecaster.rollout(history, 40, damping=1.0)[0, :, 0]
+    np.testing.assert_array_equal(free[:8], flat[:8])  # the first pass is never damped
+
+
 def test_rollout_never_reads_the_future(seed_run):
     work, _, _, _ = seed_run
     store = TokenDataManager(work / "training-data")

@@ -95,6 +95,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     else:
         inputs, outputs = [source], [Path(args.output)]
     forecaster = Forecaster.load(args.load_model)
+    if args.rollout_damping is not None:
+        forecaster.bundle.rollout_damping = args.rollout_damping
     frames = [read_table(p) for p in inputs]
     try:
         forecasts = forecaster.predict(frames, args.steps)
@@ -234,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.set_defaults(func=_cmd_plot)
     from pumpcast.trainer_cli import (
+        add_damping_flag,
         add_data_flags,
         add_model_flags,
         add_test_flags,
@@ -286,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-model", required=True)
     p.add_argument("--input", required=True, help="a history CSV, or a folder of them (batched together)")
     p.add_argument("--steps", type=int, required=True, help="steps to forecast")
+    add_damping_flag(p)
     p.add_argument("--output", required=True, help="forecast CSV, or a folder when --input is a folder")
     p.set_defaults(func=_cmd_predict)
     return parser

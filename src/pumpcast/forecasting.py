@@ -16,7 +16,7 @@ import torch
 
 from pumpcast.modelfile import ModelBundle, load_model_file
 from pumpcast.pumps import PUMP_TARGETS, calibrated
-from pumpcast.schema import FEATURES, PumpcastError
+from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, PumpcastError
 from pumpcast.windows import relative, to_base
 
 #: A predicted step's normalised value is clipped to this many training standard deviations, so that a
@@ -39,11 +39,14 @@ class Forecaster:
         return cls(load_model_file(path), device)
 
     @torch.inference_mode()
-    def rollout(self, history: np.ndarray, steps: int) -> np.ndarray:
+    def rollout(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:
         """Raw histories (B, T >= seq_len, 6), NaN where absent -> raw forecasts (B, steps, 6).
 
-        Features absent at the last history step stay absent (NaN) in the forecast.
+        Features absent at the last history step stay absent (NaN) in the forecast. The price (and market cap)
+        moves the model predicts in its c-th pass are scaled by damping**c: the model file's value, chosen on
+        validation data, unless given. 1 = the model's own rollout; 0 = persistence after the first pass.
         """
+        damping = self.bundle.rollout_damping if damping is None else damping
         history = np.asarray(history, dtype=np.float64)
         if history.ndim != 3 or history.shape[2] != len(FEATURES):
             raise PumpcastError(f"history must have shape (batch, steps, {len(FEATURES)}), got {history.shape}")
@@ -55,7 +58,7 @@ class Forecaster:
         window = to_base(history[:, -self.seq_len :])  # (B, L, 6) base values, updated as we go
         out = np.empty((history.shape[0], steps, len(FEATURES)))
         norm = self.bundle.normalizer
-        done = 0
+        done = chunk = 0
         while done < steps:
             rel, ref = relative(window, self.seq_len)
             z, mask = norm.normalize(rel, self.seq_len)
@@ -64,11 +67,42 @@ class Forecaster:
             raw = norm.denormalize(pred, ref)  # (B, H, 6)
             raw[..., 3:5] = np.maximum(raw[..., 3:5], 0.0)
             raw = np.where(absent[:, None, :], np.nan, raw)
+            if damping != 1.0 and chunk:
+                for f in (PRICE, MARKET_CAP):  # levels move by damping**chunk times the predicted move
+                    last = np.exp(window[:, -1, f])[:, None]
+                    raw[..., f] = last * (raw[..., f] / last) ** (damping**chunk)
             take = min(self.horizon, steps - done)
             out[:, done : done + take] = raw[:, :take]
             window = np.concatenate([window[:, take:], to_base(raw[:, :take])], axis=1)
             done += take
+            chunk += 1
         return out
+
+    def fit_damping(
+        self,
+        store,
+        ranges: dict[int, tuple[int, int]],
+        steps: int = 500,
+        every: int = 200,
+        grid: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.0),
+    ) -> float:
+        """The rollout damping with the lowest mean absolute log-price error over forecasts of up to `steps`
+        from origins every `every` steps inside the given (validation) ranges."""
+        L = self.seq_len
+        windows, actual = [], []
+        for t, (a, b) in sorted(ranges.items()):
+            feats = store.read_features(t)
+            for origin in range(max(a, L), b - 1, every):
+                windows.append(feats[origin - L : origin])
+                future = np.full(steps, np.nan)
+                seen = feats[origin : min(origin + steps, b), PRICE]
+                future[: seen.size] = seen
+                actual.append(future)
+        if not windows:
+            return 1.0
+        hist, truth = np.stack(windows), np.log(np.stack(actual))
+        errors = {g: np.nanmean(np.abs(np.log(self.rollout(hist, steps, g)[..., PRICE]) - truth)) for g in grid}
+        return float(min(errors, key=lambda g: (errors[g], -g)))
 
     @property
     def has_pump_head(self) -> bool:

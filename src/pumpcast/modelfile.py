@@ -36,6 +36,8 @@ class ModelBundle:
     # pump head: calibration [[a, b] x 3], threshold, horizon, false-alarm budget, baseline thresholds, all
     # chosen on validation data
     pump: dict[str, Any] = field(default_factory=dict)
+    # long rollouts scale the c-th pass's price moves by rollout_damping**c (chosen on validation data)
+    rollout_damping: float = 1.0
 
     @property
     def config(self) -> ModelConfig:
@@ -68,6 +70,7 @@ def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
         "normalization": {"center": bundle.normalizer.center.tolist(), "scale": bundle.normalizer.scale.tolist()},
         "metrics": {k: float(v) for k, v in bundle.metrics.items()},
         "pump": _plain(bundle.pump),
+        "rollout_damping": float(bundle.rollout_damping),
         "state_dict": {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()},
     }
     path = Path(path)
@@ -115,4 +118,5 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
         metrics=payload.get("metrics", {}),
         features=tuple(payload["features"]),
         pump=payload.get("pump", {}),
+        rollout_damping=float(payload.get("rollout_damping", 1.0)),
     )

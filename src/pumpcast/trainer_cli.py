@@ -82,6 +82,7 @@ def add_test_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-token-range", help="tokens to test, A-B inclusive")
     g.add_argument("--forecast", type=int, default=1000, help="short forecast steps (default 1000)")
     g.add_argument("--forecast-extended", type=int, default=3000, help="extended forecast steps (default 3000)")
+    add_damping_flag(g)
     g.add_argument("--show-data-splits", action="store_true", help="draw img/data_splits.png and print the split")
     g.add_argument("--output-dir", default=".", help="where img/ and predictions/ go (default .)")
 
@@ -160,6 +161,15 @@ def train_config(args: argparse.Namespace):
     )
 
 
+def add_damping_flag(g) -> None:
+    g.add_argument(
+        "--rollout-damping",
+        type=float,
+        help="scale the c-th model pass's price moves by this**c "
+        "(default: the value chosen on validation at training; 1 = the model's own rollout)",
+    )
+
+
 def add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tracking (MLflow)")
     g.add_argument(
@@ -215,6 +225,8 @@ def run_pump_trainer(args: argparse.Namespace) -> None:
         from pumpcast.forecasting import Forecaster
         from pumpcast.tracking import flatten
 
+        if args.rollout_damping is not None:
+            bundle.rollout_damping = args.rollout_damping
         report = run_test(args, Forecaster(bundle), store, split)
         metrics = {
             k: v
@@ -317,7 +329,8 @@ def run_test(args: argparse.Namespace, forecaster, store, split) -> dict:
         path = plot_forecasts(
             panels,
             out / "predictions" / f"prediction_{name}.png",
-            f"{name} forecast: {n} steps, rolled out on the model's own predictions",
+            f"{name} forecast: {n} steps, rolled out on the model's own predictions "
+            f"(rollout damping {forecaster.bundle.rollout_damping:g})",
         )
         print(f"wrote {path}")
     atomic_write_json(out / "predictions" / "metrics.json", report)

@@ -25,6 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Sampler
 
+from pumpcast.forecasting import Forecaster
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.modelfile import ModelBundle, save_model_file
 from pumpcast.pumps import PUMP_TARGETS, pump_labels
@@ -480,6 +481,7 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
     )
     if cfg.model.pump_head:
         bundle.pump = calibrate_pump_head(bundle, data.store, data.split.ranges["val"], cfg.max_false_alarms_per_day)
+    bundle.rollout_damping = Forecaster(bundle).fit_damping(data.store, data.split.ranges["val"])
     model_path = save_model_file(bundle, cfg.save_model) if cfg.save_model else None
     return FitResult(bundle, data, best, trainer.current_epoch, model_path, history.rows)
 
@@ -525,7 +527,6 @@ def calibrate_pump_head(
     by validation recall within the false-alarm budget, then fewer false alarms), and choose the alarm
     thresholds of the model and of the baselines to the budget. Everything evaluate and detect use later
     comes from here."""
-    from pumpcast.forecasting import Forecaster
     from pumpcast.pumps import BASELINES, TokenScores, calibrated, choose_threshold, event_metrics, fit_platt
 
     forecaster = Forecaster(bundle)
