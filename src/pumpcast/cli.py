@@ -198,7 +198,11 @@ def parse_token_range(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pumpcast", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pumpcast",
+        description="Forecast crypto token markets and their pumps (research tool, not financial advice). "
+        "`pumpcast COMMAND --help` lists a command's flags.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
