@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from pumpcast.forecasting import Forecaster
+from pumpcast.forecasting import Forecaster, origin_windows
 from pumpcast.pumps import BASELINES, TokenScores, event_metrics, pump_events
-from pumpcast.schema import PRICE, PumpcastError
+from pumpcast.schema import PRICE, PumpcastError, TokenSeries
 from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager, atomic_write, atomic_write_json
 
@@ -135,41 +135,62 @@ def rolling_origins(
 ) -> list[TokenForecast]:
     """Forecasts of `steps` from origins every `every` steps inside each test token's test part (at most
     max_tokens tokens), all in one batched rollout."""
-    L = forecaster.seq_len
-    windows, meta = [], []
-    for t in split.tokens("test")[:max_tokens]:
-        feats = store.read_features(t)
-        a, b = split.ranges["test"][t]
-        for origin in range(max(a, L), b - 1, every):
-            windows.append(feats[origin - L : origin])
-            meta.append((t, origin, feats))
-    if not windows:
+    test = {t: split.ranges["test"][t] for t in split.tokens("test")[:max_tokens]}
+    origins = origin_windows(store, test, forecaster.seq_len, every)
+    if not origins:
         return []
-    forecast = forecaster.rollout(np.stack(windows), steps)
+    forecast = forecaster.rollout(np.stack([f[o - forecaster.seq_len : o] for _, o, f in origins]), steps)
     return [
-        TokenForecast(t, o, f[:o], forecast[i], f[o : min(o + steps, split.ranges["test"][t][1])])
-        for i, (t, o, f) in enumerate(meta)
+        TokenForecast(t, o, f[:o], forecast[i], f[o : min(o + steps, test[t][1])])
+        for i, (t, o, f) in enumerate(origins)
     ]
 
 
-def event_scores(
+@dataclass
+class RangeScores:
+    """One token scored over a range: raw pump logits (T, 3) and baseline scores (T,), NaN outside the range
+    and where no full window exists yet."""
+
+    token: TokenSeries
+    logits: np.ndarray
+    baselines: dict[str, np.ndarray]
+
+    @property
+    def steps_per_day(self) -> float:
+        return 86_400_000 / self.token.interval_ms
+
+
+def score_ranges(
     forecaster: Forecaster, store: TokenDataManager, ranges: dict[int, tuple[int, int]]
-) -> dict[str, list[TokenScores]]:
-    """Per-step scores over each token's range, for the model (calibrated pump probability) and each baseline;
-    tokens whose events are unknown are left out (nothing to score against)."""
-    out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in BASELINES}}
+) -> list[RangeScores]:
+    """Model logits and baseline scores over each token's range; tokens whose events are unknown are left out
+    (nothing to score against). Calibration at training and evaluation both start from here."""
+    out = []
     for t, (a, b) in sorted(ranges.items()):
         tok = store.read(t)
         if not tok.events_known or b <= a:
             continue
-        per_day = 86_400_000 / tok.interval_ms
-        p = forecaster.pump_probability(tok.features, a, b)
-        out["model"].append(TokenScores(t, p, tok.events, per_day, tok.source))
-        inside = np.isfinite(p)
+        logits = forecaster.pump_logits(tok.features, a, b)
+        outside = ~np.isfinite(logits[:, 0])
+        baselines = {}
         for name, score in BASELINES.items():
             s = score(tok.features)
-            s[~inside] = np.nan
-            out[name].append(TokenScores(t, s, tok.events, per_day, tok.source))
+            s[outside] = np.nan
+            baselines[name] = s
+        out.append(RangeScores(tok, logits, baselines))
+    return out
+
+
+def event_scores(forecaster: Forecaster, scored: list[RangeScores]) -> dict[str, list[TokenScores]]:
+    """Per-step scores for the event metrics: the model's calibrated alarm probability and each baseline."""
+    out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in BASELINES}}
+    for r in scored:
+        tok = r.token
+        out["model"].append(
+            TokenScores(tok.token_id, forecaster.alarm_probability(r.logits), tok.events, r.steps_per_day, tok.source)
+        )
+        for name, s in r.baselines.items():
+            out[name].append(TokenScores(tok.token_id, s, tok.events, r.steps_per_day, tok.source))
     return out
 
 
@@ -209,7 +230,8 @@ def evaluate_store(
         "validation": pump.get("val_metrics", {}),
     }
     report["forecast"] = forecast_metrics(rolling_origins(forecaster, store, split, steps, every), steps)
-    scores = event_scores(forecaster, store, split.ranges["test"])
+    scored = score_ranges(forecaster, store, split.ranges["test"])
+    scores = event_scores(forecaster, scored)
     overall, groups, per_token = {}, {}, []
     for name, items in scores.items():
         overall[name] = event_metrics(items, thresholds[name], K)
@@ -225,8 +247,8 @@ def evaluate_store(
         per_token.append(row)
     report["events"] = {"overall": overall, "by_source": groups, "per_token": per_token}
     pictures = []
-    for it in scores["model"]:
-        tok = store.read(it.token_id)
+    for it, r in zip(scores["model"], scored, strict=True):
+        tok = r.token
         for e in pump_events(tok.events):
             if len(pictures) < max_pictures and np.isfinite(it.scores[min(e.start, len(it.scores) - 1)]):
                 path = out / "img" / f"event_token{it.token_id}_step{e.start}.png"

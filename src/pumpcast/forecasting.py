@@ -88,19 +88,14 @@ class Forecaster:
     ) -> float:
         """The rollout damping with the lowest mean absolute log-price error over forecasts of up to `steps`
         from origins every `every` steps inside the given (validation) ranges."""
-        L = self.seq_len
-        windows, actual = [], []
-        for t, (a, b) in sorted(ranges.items()):
-            feats = store.read_features(t)
-            for origin in range(max(a, L), b - 1, every):
-                windows.append(feats[origin - L : origin])
-                future = np.full(steps, np.nan)
-                seen = feats[origin : min(origin + steps, b), PRICE]
-                future[: seen.size] = seen
-                actual.append(future)
-        if not windows:
+        origins = origin_windows(store, ranges, self.seq_len, every)
+        if not origins:
             return 1.0
-        hist, truth = np.stack(windows), np.log(np.stack(actual))
+        truth = np.full((len(origins), steps), np.nan)
+        for i, (t, origin, feats) in enumerate(origins):
+            seen = feats[origin : min(origin + steps, ranges[t][1]), PRICE]
+            truth[i, : seen.size] = np.log(seen)
+        hist = np.stack([feats[o - self.seq_len : o] for _, o, feats in origins])
         errors = {g: np.nanmean(np.abs(np.log(self.rollout(hist, steps, g)[..., PRICE]) - truth)) for g in grid}
         return float(min(errors, key=lambda g: (errors[g], -g)))
 
@@ -131,10 +126,14 @@ class Forecaster:
         """Calibrated probability (T,) of the pump output that raises alarms (the model file's alarm_output,
         chosen on validation): "any" = a pump starts within the pump horizon or is under way, "now" = one is
         under way."""
+        return self.alarm_probability(self.pump_logits(features, lo, hi))
+
+    def alarm_probability(self, logits: np.ndarray) -> np.ndarray:
+        """Raw pump logits (T, 3) -> the calibrated probability (T,) of the output that raises alarms."""
         if not self.has_pump_head:
             raise PumpcastError("this model has no calibrated pump head; train it with --pump-weight > 0")
         k = PUMP_TARGETS.index(self.bundle.pump.get("alarm_output", "any"))
-        return calibrated(self.pump_logits(features, lo, hi), self.bundle.pump["calibration"])[:, k]
+        return calibrated(logits, self.bundle.pump["calibration"])[:, k]
 
     def predict(self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int) -> list[pd.DataFrame]:
         """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together.
@@ -166,6 +165,18 @@ class Forecaster:
                 frame.insert(0, "time", [last + pd.Timedelta(milliseconds=interval * k) for k in range(1, steps + 1)])
             frames.append(frame)
         return frames
+
+
+def origin_windows(
+    store, ranges: dict[int, tuple[int, int]], seq_len: int, every: int
+) -> list[tuple[int, int, np.ndarray]]:
+    """(token id, origin, the token's raw features) for forecast origins every `every` steps inside each range,
+    wherever seq_len steps of history exist before the origin and at least one step is left after it."""
+    out = []
+    for t, (a, b) in sorted(ranges.items()):
+        feats = store.read_features(t)
+        out.extend((t, origin, feats) for origin in range(max(a, seq_len), b - 1, every))
+    return out
 
 
 def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> tuple[np.ndarray, pd.Series | None]:

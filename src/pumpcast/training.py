@@ -527,27 +527,12 @@ def calibrate_pump_head(
     by validation recall within the false-alarm budget, then fewer false alarms), and choose the alarm
     thresholds of the model and of the baselines to the budget. Everything evaluate and detect use later
     comes from here."""
-    from pumpcast.pumps import BASELINES, TokenScores, calibrated, choose_threshold, event_metrics, fit_platt
+    from pumpcast.evaluation import score_ranges
+    from pumpcast.pumps import TokenScores, calibrated, choose_threshold, event_metrics, fit_platt
 
-    forecaster = Forecaster(bundle)
     K = bundle.config.pump_horizon
-    logits, labels, items, baseline_items = [], [], [], {name: [] for name in BASELINES}
-    for t, (a, b) in sorted(val_ranges.items()):
-        tok = store.read(t)
-        if not tok.events_known or b <= a:
-            continue
-        raw = forecaster.pump_logits(tok.features, a, b)
-        lab = pump_labels(len(tok.features), tok.events, K)
-        keep = np.isfinite(raw[:, 0])
-        logits.append(raw[keep])
-        labels.append(lab[keep])
-        per_day = 86_400_000 / tok.interval_ms
-        items.append((t, raw, tok.events, per_day))
-        for name, score in BASELINES.items():
-            s = score(tok.features)
-            s[~keep] = np.nan
-            baseline_items[name].append(TokenScores(t, s, tok.events, per_day))
-    if not logits:
+    scored = score_ranges(Forecaster(bundle), store, val_ranges)
+    if not scored:
         return {
             "horizon": K,
             "calibration": [[1.0, 0.0]] * 3,
@@ -556,18 +541,29 @@ def calibrate_pump_head(
             "baseline_thresholds": {},
             "note": "no validation token with known events: uncalibrated, no alarms",
         }
+    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
+    logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
+    labels = [pump_labels(len(r.token.features), r.token.events, K)[k] for r, k in zip(scored, keep, strict=True)]
     all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
     calibration = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(3)]
     choices = []
     for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
         k = PUMP_TARGETS.index(output)
-        its = [TokenScores(t, calibrated(raw, calibration)[:, k], ev, per_day) for t, raw, ev, per_day in items]
+        its = [
+            TokenScores(r.token.token_id, calibrated(r.logits, calibration)[:, k], r.token.events, r.steps_per_day)
+            for r in scored
+        ]
         th = choose_threshold(its, K, max_false_alarms_per_day)
         m = event_metrics(its, th, K)
         choices.append((-np.nan_to_num(m["recall"]), m["false_alarms_per_day"], output, th, m))
     _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
     baseline_thresholds = {
-        name: choose_threshold(its, K, max_false_alarms_per_day) for name, its in baseline_items.items()
+        name: choose_threshold(
+            [TokenScores(r.token.token_id, r.baselines[name], r.token.events, r.steps_per_day) for r in scored],
+            K,
+            max_false_alarms_per_day,
+        )
+        for name in scored[0].baselines
     }
     return {
         "horizon": K,
