@@ -157,29 +157,31 @@ def test_seed_basic_training_line_runs_verbatim_as_a_script(tmp_path):
     assert (tmp_path / "model_v2.pth").is_file() and (tmp_path / "predictions" / "prediction_short.png").is_file()
 
 
+def _train_flags(work: Path) -> list[str]:
+    """A tiny training run whose store, checkpoints, model and outputs all live under work/."""
+    return [
+        "--data-dir",
+        str(work / "data"),
+        "--checkpoint-dir",
+        str(work / "ckpt"),
+        "--save-model",
+        str(work / "m.pth"),
+        "--output-dir",
+        str(work),
+        "--num-tokens",
+        "2",
+        "--timesteps",
+        "700",
+        "--forecast",
+        "20",
+        "--forecast-extended",
+        "40",
+        *TINY,
+    ]
+
+
 def _train(work: Path, *extra: str) -> int:
-    return pump_trainer_main(
-        [
-            "--data-dir",
-            str(work / "data"),
-            "--checkpoint-dir",
-            str(work / "ckpt"),
-            "--save-model",
-            str(work / "m.pth"),
-            "--output-dir",
-            str(work),
-            "--num-tokens",
-            "2",
-            "--timesteps",
-            "700",
-            "--forecast",
-            "20",
-            "--forecast-extended",
-            "40",
-            *TINY,
-            *extra,
-        ]
-    )
+    return pump_trainer_main([*_train_flags(work), *extra])
 
 
 def test_same_seed_same_model_and_metrics(tmp_path):
@@ -198,28 +200,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     (killed / "data").parent.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable,
-        str(ROOT / "pump_trainer.py"),
-        "--data-dir",
-        str(killed / "data"),
-        "--checkpoint-dir",
-        str(killed / "ckpt"),
-        "--save-model",
-        str(killed / "m.pth"),
-        "--output-dir",
-        str(killed),
-        "--num-tokens",
-        "2",
-        "--timesteps",
-        "700",
-        "--forecast",
-        "20",
-        "--forecast-extended",
-        "40",
-        *TINY,
-        *epochs,
-    ]
+    args = [sys.executable, str(ROOT / "pump_trainer.py"), *_train_flags(killed), *epochs]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed / "ckpt" / "last.ckpt"
     deadline = time.time() + 120
@@ -332,6 +313,12 @@ def test_rollout_never_reads_the_future(seed_run):
     assert np.isfinite(before[0].forecast[:, 0]).all()
 
 
+def _predict(model: str, source, steps: int, output) -> int:
+    return main(
+        ["predict", "--load-model", model, "--input", str(source), "--steps", str(steps), "--output", str(output)]
+    )
+
+
 def test_predict_file_folder_and_api(seed_run, tmp_path):
     work, _, _, _ = seed_run
     model = str(work / "model_v2.pth")
@@ -340,31 +327,11 @@ def test_predict_file_folder_and_api(seed_run, tmp_path):
     hist.mkdir()
     for t in (0, 1):
         assert main(["export", "--data-dir", data, "--token-id", str(t), "--output", str(hist / f"t{t}.csv")]) == 0
-    assert (
-        main(
-            [
-                "predict",
-                "--load-model",
-                model,
-                "--input",
-                str(hist / "t0.csv"),
-                "--steps",
-                "25",
-                "--output",
-                str(tmp_path / "f0.csv"),
-            ]
-        )
-        == 0
-    )
+    assert _predict(model, str(hist / "t0.csv"), 25, str(tmp_path / "f0.csv")) == 0
     f0 = pd.read_csv(tmp_path / "f0.csv")
     assert len(f0) == 25 and list(f0.columns)[:3] == ["time", "step", "price"]
     assert f0["time"][0] > pd.read_csv(hist / "t0.csv")["time"].iloc[-1]
-    assert (
-        main(
-            ["predict", "--load-model", model, "--input", str(hist), "--steps", "7", "--output", str(tmp_path / "out")]
-        )
-        == 0
-    )
+    assert _predict(model, str(hist), 7, str(tmp_path / "out")) == 0
     folder = pd.read_csv(tmp_path / "out" / "t0_forecast.csv")
     assert len(folder) == 7 and (tmp_path / "out" / "t1_forecast.csv").is_file()
     np.testing.assert_allclose(folder["price"], f0["price"][:7], rtol=1e-6)  # batched == alone
@@ -388,76 +355,16 @@ def test_predict_errors(seed_run, tmp_path, capsys):
         }
     )
     frame.iloc[:20].to_csv(tmp_path / "short.csv", index=False)
-    assert (
-        main(
-            [
-                "predict",
-                "--load-model",
-                model,
-                "--input",
-                str(tmp_path / "short.csv"),
-                "--steps",
-                "5",
-                "--output",
-                str(tmp_path / "o.csv"),
-            ]
-        )
-        == 2
-    )
+    assert _predict(model, str(tmp_path / "short.csv"), 5, str(tmp_path / "o.csv")) == 2
     err = capsys.readouterr().err
     assert "short.csv" in err and "seq_length=64" in err
     frame.drop(columns=["buys"]).to_csv(tmp_path / "cols.csv", index=False)
-    assert (
-        main(
-            [
-                "predict",
-                "--load-model",
-                model,
-                "--input",
-                str(tmp_path / "cols.csv"),
-                "--steps",
-                "5",
-                "--output",
-                str(tmp_path / "o.csv"),
-            ]
-        )
-        == 2
-    )
+    assert _predict(model, str(tmp_path / "cols.csv"), 5, str(tmp_path / "o.csv")) == 2
     err = capsys.readouterr().err
     assert "cols.csv" in err and "missing column" in err and "buys" in err
     frame.to_csv(tmp_path / "ok.csv", index=False)  # absent liquidity/market cap stay absent in the forecast
-    assert (
-        main(
-            [
-                "predict",
-                "--load-model",
-                model,
-                "--input",
-                str(tmp_path / "ok.csv"),
-                "--steps",
-                "5",
-                "--output",
-                str(tmp_path / "o.csv"),
-            ]
-        )
-        == 0
-    )
+    assert _predict(model, str(tmp_path / "ok.csv"), 5, str(tmp_path / "o.csv")) == 0
     out = pd.read_csv(tmp_path / "o.csv")
     assert out["liquidity"].isna().all() and out["price"].notna().all()
     assert not (tmp_path / "missing.pth").exists()
-    assert (
-        main(
-            [
-                "predict",
-                "--load-model",
-                str(tmp_path / "missing.pth"),
-                "--input",
-                str(tmp_path / "ok.csv"),
-                "--steps",
-                "5",
-                "--output",
-                str(tmp_path / "o.csv"),
-            ]
-        )
-        == 2
-    )
+    assert _predict(str(tmp_path / "missing.pth"), tmp_path / "ok.csv", 5, tmp_path / "o.csv") == 2
