@@ -14,11 +14,12 @@ from helpers import TINY_MODEL
 from mlflow.tracking import MlflowClient
 
 from pumpcast.cli import main, pump_trainer_main
+from pumpcast.config import DataConfig, OptimConfig, TrainConfig
 from pumpcast.model import ModelConfig
 from pumpcast.modelfile import load_model_file
 from pumpcast.simulator import generate_to_store
 from pumpcast.store import TokenDataManager
-from pumpcast.training import PumpcastDataModule, ShardSampler, TrainConfig, shard_tokens
+from pumpcast.training import PumpcastDataModule, ShardSampler, shard_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -190,7 +191,10 @@ def test_two_tuning_workers_share_one_study(tmp_path):
     study = optuna.load_study(study_name="s", storage=storage)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]  # none lost, none duplicated
     assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
-    assert json.loads(best.read_text()) == study.best_trial.params
+    # best.json is the best trial's whole training config: searched values and the flags given to tune
+    saved, params = json.loads(best.read_text()), study.best_trial.params
+    assert (saved["model"]["nhead"], saved["optim"]["batch_size"]) == (params["nhead"], params["batch_size"])
+    assert saved["model"]["horizon"] == 8 and saved["data"]["window_stride"] == 8 and saved["optim"]["epochs"] == 2
     # each trial is an MLflow run nested under the tuning run
     _, runs = _runs(uri)
     [parent] = [r for r in runs if r.info.run_name == "tune s"]
@@ -261,8 +265,8 @@ def test_each_process_loads_only_its_shard(tmp_path, monkeypatch):
     generate_to_store(tmp_path / "d", num_tokens=6, timesteps=400, seed=3)
     cfg = TrainConfig(
         model=ModelConfig(seq_len=32, horizon=4, patch_len=8, embed_size=16, nhead=2),
-        data_dir=str(tmp_path / "d"),
-        batch_size=8,
+        data=DataConfig(data_dir=str(tmp_path / "d")),
+        optim=OptimConfig(batch_size=8),
     )
     PumpcastDataModule(cfg).prepare_data()
     read: dict[int, list[int]] = {}
@@ -317,7 +321,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.ckpt", "last.ckpt"]  # rank 0 only
     bundle = load_model_file(tmp_path / "model_v2.pth")
-    assert bundle.data_config["world_size"] == 2 and bundle.data_config["global_batch_size"] == 32
+    assert bundle.data.world_size == 2 and bundle.data.global_batch_size == 32
     # each process runs floor(train windows / 2) windows an epoch in batches of 16
     store = TokenDataManager(tmp_path / "data")
     split = json.loads(store.split_path.read_text())

@@ -16,6 +16,7 @@ import torch
 from helpers import TINY_MODEL
 
 from pumpcast.cli import main, pump_trainer_main
+from pumpcast.detection import PumpDetector
 from pumpcast.evaluation import forecast_test_tokens
 from pumpcast.forecasting import Forecaster
 from pumpcast.modelfile import load_model_file
@@ -245,19 +246,27 @@ def test_model_file_with_foreign_pickles_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_model_v1_loads_and_forecasts_as_it_did():
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_model_files_load_and_forecast_as_they_did(version):
     """A change that breaks old model files fails here (tests/data/make_model_files.py made them)."""
     sys.path.insert(0, str(DATA))
     try:
         from make_model_files import history
     finally:
         sys.path.pop(0)
-    forecaster = Forecaster.load(DATA / "model_v1.pth")
+    path = DATA / f"model_v{version}.pth"
+    assert torch.load(path, weights_only=True)["format_version"] == version
     np.testing.assert_allclose(
-        forecaster.pump_probability(history()[0]), np.load(DATA / "model_v1_pump.npy"), rtol=1e-5, equal_nan=True
+        PumpDetector.load(path).score(history()[0]),
+        np.load(DATA / f"model_v{version}_pump.npy"),
+        rtol=1e-5,
+        equal_nan=True,
     )
     np.testing.assert_allclose(
-        forecaster.rollout(history(), 10), np.load(DATA / "model_v1_forecast.npy"), rtol=1e-5, equal_nan=True
+        Forecaster.load(path).rollout(history(), 10),
+        np.load(DATA / f"model_v{version}_forecast.npy"),
+        rtol=1e-5,
+        equal_nan=True,
     )
 
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from pumpcast.losses import HuberLoss
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.schema import PumpcastError
-from pumpcast.training import masked_loss
 
 
 @pytest.mark.parametrize("embedding,seq_len,patch", [("conv", 64, 16), ("conv", 50, 16), ("linear", 30, 16)])
@@ -22,10 +22,10 @@ def test_shapes(embedding, seq_len, patch):
     )
     model = PumpcastTransformer(cfg)
     out, pump = model(torch.randn(3, seq_len, 6), torch.ones(3, seq_len, 6, dtype=torch.bool))
-    assert out.shape == (3, 5, 6) and pump is None
+    assert out.shape == (3, 5, 6, 1) and pump is None  # one output per value: the point loss
     with_pump = PumpcastTransformer(ModelConfig(**(cfg.to_dict() | {"pump_head": True})))
     out, pump = with_pump(torch.randn(3, seq_len, 6), torch.ones(3, seq_len, 6, dtype=torch.bool))
-    assert out.shape == (3, 5, 6) and pump.shape == (3, 3)
+    assert out.shape == (3, 5, 6, 1) and pump.shape == (3, 3)
     assert cfg.n_tokens == (-(-seq_len // patch) if embedding == "conv" else seq_len)
 
 
@@ -53,13 +53,13 @@ def test_masked_loss_ignores_absent_targets_and_weights_price():
     target = torch.ones(1, 2, 6)
     mask = torch.zeros(1, 2, 6, dtype=torch.bool)
     mask[..., 0] = True
-    assert masked_loss(pred, target, mask, 0.5).item() == pytest.approx(0.5)  # huber(1) = 0.5
+    assert HuberLoss()(pred[..., None], target, mask, 0.5).item() == pytest.approx(0.5)  # huber(1) = 0.5
     target[..., 3] = 100.0  # absent, so ignored
-    assert masked_loss(pred, target, mask, 0.5).item() == pytest.approx(0.5)
+    assert HuberLoss()(pred[..., None], target, mask, 0.5).item() == pytest.approx(0.5)
 
 
 def test_bad_config_is_a_clear_error():
     with pytest.raises(PumpcastError, match="divisible"):
         ModelConfig(embed_size=30, nhead=4)
-    with pytest.raises(PumpcastError, match="conv or linear"):
+    with pytest.raises(PumpcastError, match="choose one of conv, linear"):
         ModelConfig(embedding="lstm")

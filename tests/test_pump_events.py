@@ -10,11 +10,10 @@ import pytest
 from helpers import TINY_MODEL
 
 from pumpcast.cli import main
-from pumpcast.forecasting import Forecaster
+from pumpcast.detection import PumpDetector, calibrate
 from pumpcast.modelfile import load_model_file
 from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager
-from pumpcast.training import calibrate_pump_head
 
 TINY = [*TINY_MODEL, "--window-stride", "4", "--no-mlflow"]
 
@@ -52,18 +51,18 @@ def trained(tmp_path_factory):
 
 def test_model_file_carries_validation_calibration_and_thresholds(trained):
     pump = load_model_file(trained / "m.pth").pump
-    assert pump["horizon"] == 5 and pump["max_false_alarms_per_day"] == 1.0
-    assert len(pump["calibration"]) == 3 and set(pump["baseline_thresholds"]) == {"volume_z", "buys_z"}
-    assert pump["val_metrics"]["events"] > 0  # the validation tokens hold pumps
-    assert pump["val_metrics"]["false_alarms_per_day"] <= 1.0
+    assert pump.horizon == 5 and pump.max_false_alarms_per_day == 1.0
+    assert len(pump.calibration) == 3 and set(pump.baseline_thresholds) == {"volume_z", "buys_z"}
+    assert pump.val_metrics["events"] > 0  # the validation tokens hold pumps
+    assert pump.val_metrics["false_alarms_per_day"] <= 1.0
 
 
 def test_thresholds_depend_on_validation_data_only(trained, tmp_path):
     bundle = load_model_file(trained / "m.pth")
     store = TokenDataManager(trained / "data")
     split = Split.from_json(store.load_split())
-    base = calibrate_pump_head(bundle, store, split.ranges["val"], 1.0)
-    assert base["threshold"] == pytest.approx(bundle.pump["threshold"])
+    base = calibrate(bundle, store, split.ranges["val"], 1.0)
+    assert base.threshold == pytest.approx(bundle.pump.threshold)
 
     def wrecked(name: str) -> dict:
         copy = tmp_path / name
@@ -75,12 +74,12 @@ def test_thresholds_depend_on_validation_data_only(trained, tmp_path):
             tok.features[a:b, [1, 3, 4]] *= np.random.default_rng(t).uniform(0, 50, (b - a, 3))
             toks.append(tok)
         s.write(toks)
-        return calibrate_pump_head(bundle, s, split.ranges["val"], 1.0)
+        return calibrate(bundle, s, split.ranges["val"], 1.0)
 
     same = wrecked("test")  # whatever happens in the test part, the choice is the same
-    assert same["threshold"] == base["threshold"] and same["baseline_thresholds"] == base["baseline_thresholds"]
+    assert same.threshold == base.threshold and same.baseline_thresholds == base.baseline_thresholds
     other = wrecked("val")
-    assert other["baseline_thresholds"] != base["baseline_thresholds"]
+    assert other.baseline_thresholds != base.baseline_thresholds
 
 
 def test_predict_adds_pump_probability(trained, tmp_path):
@@ -107,7 +106,7 @@ def test_predict_adds_pump_probability(trained, tmp_path):
     f = pd.read_csv(tmp_path / "f.csv")
     assert "pump_probability" in f.columns and f["pump_probability"].between(0, 1).all()
     history = pd.read_csv(tmp_path / "h.csv")
-    expected = Forecaster.load(trained / "m.pth").pump_probability(history.iloc[:, 1:].to_numpy(float))[-1]
+    expected = PumpDetector.load(trained / "m.pth").score(history.iloc[:, 1:].to_numpy(float))[-1]
     assert f["pump_probability"].iloc[0] == pytest.approx(expected, rel=1e-5)
 
 
@@ -118,11 +117,11 @@ def test_detect_walks_bar_by_bar(trained, tmp_path, capsys):
     )
     history = pd.read_csv(tmp_path / "h.csv")
     feats = history.iloc[:, 1:].to_numpy(float)
-    forecaster = Forecaster.load(trained / "m.pth")
-    p = forecaster.pump_probability(feats)
+    detector = PumpDetector.load(trained / "m.pth")
+    p = detector.score(feats)
     # causal: the probability at a step is the same when the history ends there
     for t in (63, 500, 1700):
-        assert forecaster.pump_probability(feats[: t + 1])[t] == pytest.approx(p[t], rel=1e-5)
+        assert detector.score(feats[: t + 1])[t] == pytest.approx(p[t], rel=1e-5)
     assert np.isnan(p[:63]).all() and np.isfinite(p[63:]).all()
     threshold = float(np.quantile(p[63:], 0.99))
     assert (
@@ -173,10 +172,29 @@ def test_evaluate_writes_the_report(trained, tmp_path):
     )
     report = json.loads((out / "report.json").read_text())
     pump = load_model_file(trained / "m.pth").pump
-    assert report["thresholds"]["model"] == pytest.approx(pump["threshold"])  # chosen on validation, not here
+    assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
     overall = report["events"]["overall"]
     assert set(overall) == {"model", "volume_z", "buys_z"} and overall["model"]["events"] > 0
     assert set(report["forecast"]["1-10"]) >= {"mae_log", "mae_log_persistence", "mae_log_drift"}
     text = (out / "report.md").read_text()
     assert "| model |" in text and "| volume_z |" in text and "persistence" in text
     assert report["pictures"] and all((out / p).is_file() for p in report["pictures"])
+
+
+def test_update_bar_by_bar_equals_score_on_the_whole_history(trained, tmp_path):
+    assert (
+        main(["export", "--data-dir", str(trained / "data"), "--token-id", "2", "--output", str(tmp_path / "h.csv")])
+        == 0
+    )
+    feats = pd.read_csv(tmp_path / "h.csv").iloc[:, 1:].to_numpy(float)[:900]
+    whole = PumpDetector.load(trained / "m.pth")
+    p = whole.score(feats)
+    threshold = float(np.quantile(p[np.isfinite(p)], 0.97))  # low enough that alarms happen
+    live = PumpDetector.load(trained / "m.pth", threshold=threshold)
+    results = [live.update(bar) for bar in feats]
+    np.testing.assert_array_equal(np.array([r.probability for r in results]), p)
+    onsets = np.flatnonzero([r.alarm for r in results])
+    np.testing.assert_array_equal(onsets, PumpDetector(whole.bundle, threshold).alarms(p))
+    assert onsets.size > 0
+    live.reset()  # a new feed starts from nothing
+    assert np.isnan(live.update(feats[0]).probability)

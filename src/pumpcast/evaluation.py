@@ -1,19 +1,28 @@
-"""Honest forecast evaluation: errors of log price per horizon bucket, always beside the persistence baseline
-(the last known price) on exactly the same steps."""
+"""Judging a trained model on held-out data, always beside baselines on exactly the same steps:
+
+- forecast metrics of log price per horizon bucket, model vs persistence (the last known price) and drift;
+- `run_test`: the seed's test mode (short and extended forecasts from the start of test parts, metrics,
+  plots, metrics.json);
+- `evaluate_store`: the evaluation report (rolling-origin forecasts and pump-event metrics of the model vs
+  the baselines at thresholds chosen on validation data, report.md/json and a picture per event).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pumpcast.config import TestConfig
+from pumpcast.detection import PumpDetector, event_scores, score_ranges
+from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster, origin_windows
-from pumpcast.pumps import BASELINES, TokenScores, event_metrics, pump_events
-from pumpcast.schema import PRICE, PumpcastError, TokenSeries
-from pumpcast.splits import Split
-from pumpcast.store import TokenDataManager, atomic_write, atomic_write_json
+from pumpcast.pumps import event_metrics, pump_events
+from pumpcast.schema import PRICE, DataError, ModelFileError
+from pumpcast.splits import Split, parse_token_range
+from pumpcast.store import TokenDataManager
 
 BUCKET_EDGES = (1, 11, 101, 1001, 10_001)
 DRIFT_STEPS = 60  # the drift baseline extends the mean log return of the last hour of 1-minute bars
@@ -102,13 +111,13 @@ def forecast_origin(split: Split, token_id: int, seq_len: int, length: int) -> i
     """Where a token's test forecast starts: its test part, once seq_len steps of history exist."""
     rng = split.ranges.get("test", {}).get(token_id)
     if rng is None or rng[1] <= rng[0]:
-        raise PumpcastError(
+        raise DataError(
             f"token {token_id} has no test part under split strategy {split.strategy!r}; "
             f"test tokens: {split.tokens('test')}"
         )
     origin = max(rng[0], seq_len)
     if origin >= length:
-        raise PumpcastError(f"token {token_id}: its test part starts too late for {seq_len} steps of history")
+        raise DataError(f"token {token_id}: its test part starts too late for {seq_len} steps of history")
     return origin
 
 
@@ -119,7 +128,7 @@ def forecast_test_tokens(
     known = set(store.token_ids())
     missing = [t for t in token_ids if t not in known]
     if missing:
-        raise PumpcastError(f"token(s) {missing} not in the store {store.dir}; it holds ids {sorted(known)}")
+        raise DataError(f"token(s) {missing} not in the store {store.dir}; it holds ids {sorted(known)}")
     series = {t: store.read_features(t) for t in token_ids}
     origins = {t: forecast_origin(split, t, forecaster.seq_len, series[t].shape[0]) for t in token_ids}
     windows = np.stack([series[t][origins[t] - forecaster.seq_len : origins[t]] for t in token_ids])
@@ -146,54 +155,6 @@ def rolling_origins(
     ]
 
 
-@dataclass
-class RangeScores:
-    """One token scored over a range: raw pump logits (T, 3) and baseline scores (T,), NaN outside the range
-    and where no full window exists yet."""
-
-    token: TokenSeries
-    logits: np.ndarray
-    baselines: dict[str, np.ndarray]
-
-    @property
-    def steps_per_day(self) -> float:
-        return 86_400_000 / self.token.interval_ms
-
-
-def score_ranges(
-    forecaster: Forecaster, store: TokenDataManager, ranges: dict[int, tuple[int, int]]
-) -> list[RangeScores]:
-    """Model logits and baseline scores over each token's range; tokens whose events are unknown are left out
-    (nothing to score against). Calibration at training and evaluation both start from here."""
-    out = []
-    for t, (a, b) in sorted(ranges.items()):
-        tok = store.read(t)
-        if not tok.events_known or b <= a:
-            continue
-        logits = forecaster.pump_logits(tok.features, a, b)
-        outside = ~np.isfinite(logits[:, 0])
-        baselines = {}
-        for name, score in BASELINES.items():
-            s = score(tok.features)
-            s[outside] = np.nan
-            baselines[name] = s
-        out.append(RangeScores(tok, logits, baselines))
-    return out
-
-
-def event_scores(forecaster: Forecaster, scored: list[RangeScores]) -> dict[str, list[TokenScores]]:
-    """Per-step scores for the event metrics: the model's calibrated alarm probability and each baseline."""
-    out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in BASELINES}}
-    for r in scored:
-        tok = r.token
-        out["model"].append(
-            TokenScores(tok.token_id, forecaster.alarm_probability(r.logits), tok.events, r.steps_per_day, tok.source)
-        )
-        for name, s in r.baselines.items():
-            out[name].append(TokenScores(tok.token_id, s, tok.events, r.steps_per_day, tok.source))
-    return out
-
-
 def _group(source: str) -> str:
     return "synthetic" if source.startswith("synthetic") else "real"
 
@@ -214,24 +175,25 @@ def evaluate_store(
     from pumpcast.plots import plot_event
 
     out = Path(output_dir)
-    pump = forecaster.bundle.pump
-    if not forecaster.has_pump_head:
-        raise PumpcastError("this model has no calibrated pump head; train it with --pump-weight > 0")
-    K = pump["horizon"]
-    thresholds = {"model": pump["threshold"], **pump["baseline_thresholds"]}
+    if not forecaster.bundle.has_pump_head:
+        raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
+    detector = PumpDetector(forecaster.bundle)
+    pump = detector.calibration
+    K = pump.horizon
+    thresholds = {"model": pump.threshold, **pump.baseline_thresholds}
     report: dict[str, Any] = {
         "note": "research tool, not financial advice",
         "split_strategy": split.strategy,
         "test_tokens": split.tokens("test"),
         "pump_horizon": K,
-        "max_false_alarms_per_day": pump["max_false_alarms_per_day"],
+        "max_false_alarms_per_day": pump.max_false_alarms_per_day,
         "thresholds": thresholds,
-        "alarm_output": pump.get("alarm_output", "any"),
-        "validation": pump.get("val_metrics", {}),
+        "alarm_output": pump.alarm_output,
+        "validation": pump.val_metrics,
     }
     report["forecast"] = forecast_metrics(rolling_origins(forecaster, store, split, steps, every), steps)
-    scored = score_ranges(forecaster, store, split.ranges["test"])
-    scores = event_scores(forecaster, scored)
+    scored = score_ranges(forecaster.bundle, store, split.ranges["test"])
+    scores = event_scores(detector, scored)
     overall, groups, per_token = {}, {}, []
     for name, items in scores.items():
         overall[name] = event_metrics(items, thresholds[name], K)
@@ -321,3 +283,73 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report["pictures"]:
         lines += ["", "## Around each event", ""] + [f"![{p}]({p})" for p in report["pictures"]]
     return "\n".join(lines) + "\n"
+
+
+def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test: TestConfig) -> dict[str, Any]:
+    """The seed's test mode: short and extended forecasts from the start of each selected token's test part,
+    metrics beside persistence (printed), forecast plots, the split picture (show_data_splits), feature and
+    correlation plots of the tokens, and predictions/metrics.json under test.output_dir."""
+    from pumpcast.plots import plot_correlations, plot_features, plot_forecasts, plot_splits
+
+    out = Path(test.output_dir)
+    if test.show_data_splits:
+        path = plot_splits(split, store.lengths(), out / "img" / "data_splits.png")
+        for name in ("train", "val", "test"):
+            print(f"{name:>5}: tokens {split.tokens(name)}")
+        print(f"wrote {path}")
+    if test.test_token_range:
+        tokens = parse_token_range(test.test_token_range)
+    elif test.test_token_id is not None:
+        tokens = [test.test_token_id]
+    else:
+        tokens = split.tokens("test")[:1]
+    items = forecast_test_tokens(forecaster, store, split, tokens, max(test.forecast, test.forecast_extended))
+    report: dict[str, Any] = {
+        "tokens": tokens,
+        "split_strategy": split.strategy,
+        "seq_length": forecaster.seq_len,
+        "horizon": forecaster.horizon,
+        "note": "research tool, not financial advice",
+    }
+    for name, n in (("short", test.forecast), ("extended", test.forecast_extended)):
+        metrics = forecast_metrics([_cut(it, n) for it in items], n)
+        report[name] = {"steps": n, "metrics": metrics}
+        print(
+            format_metrics(
+                metrics,
+                f"{name} forecast ({n} steps) from the start of the test part, tokens {tokens}: model vs persistence",
+            )
+        )
+        path = plot_forecasts(
+            [_panel(it, n) for it in items],
+            out / "predictions" / f"prediction_{name}.png",
+            f"{name} forecast: {n} steps, rolled out on the model's own predictions "
+            f"(rollout damping {forecaster.bundle.rollout_damping:g})",
+        )
+        print(f"wrote {path}")
+    atomic_write_json(out / "predictions" / "metrics.json", report)
+    for t in tokens:
+        tok = store.read(t)
+        plot_features(tok, out / "img" / f"token_{t}" / "features.png")
+        plot_correlations(tok, out / "img" / f"token_{t}" / "correlations.png")
+    print(f"wrote {out / 'predictions' / 'metrics.json'} and img/token_X/ for tokens {tokens}")
+    return report
+
+
+def _cut(item: TokenForecast, n: int) -> TokenForecast:
+    return replace(item, forecast=item.forecast[:n], actual=item.actual[:n])
+
+
+def _panel(item: TokenForecast, n: int) -> dict[str, Any]:
+    """One token's forecast plot panel: recent history, forecast and actual path of price."""
+    shown = min(item.history.shape[0], max(2 * n, 200))
+    start = item.origin - shown
+    return {
+        "token_id": item.token_id,
+        "history_t": np.arange(start, item.origin),
+        "history": item.history[-shown:, 0],
+        "forecast_t": np.arange(item.origin, item.origin + n),
+        "forecast": item.forecast[:n, 0],
+        "actual_t": np.arange(item.origin, item.origin + min(n, item.actual.shape[0])),
+        "actual": item.actual[:n, 0],
+    }

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pumpcast.detection import PumpDetector
+from pumpcast.losses import get_loss
 from pumpcast.modelfile import ModelBundle, load_model_file
-from pumpcast.pumps import PUMP_TARGETS, calibrated
-from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, PumpcastError
+from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, DataError
 from pumpcast.windows import relative, to_base
 
 #: A predicted step's normalised value is clipped to this many training standard deviations, so that a
@@ -33,6 +34,7 @@ class Forecaster:
         self.model = bundle.model.to(self.device).eval()
         self.seq_len = bundle.config.seq_len
         self.horizon = bundle.config.horizon
+        self.loss = get_loss(bundle.config.loss)  # decodes the head's outputs
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Forecaster:
@@ -49,9 +51,9 @@ class Forecaster:
         damping = self.bundle.rollout_damping if damping is None else damping
         history = np.asarray(history, dtype=np.float64)
         if history.ndim != 3 or history.shape[2] != len(FEATURES):
-            raise PumpcastError(f"history must have shape (batch, steps, {len(FEATURES)}), got {history.shape}")
+            raise DataError(f"history must have shape (batch, steps, {len(FEATURES)}), got {history.shape}")
         if history.shape[1] < self.seq_len:
-            raise PumpcastError(
+            raise DataError(
                 f"history has {history.shape[1]} steps; this model needs at least seq_length={self.seq_len}"
             )
         absent = ~np.isfinite(history[:, -1])  # (B, 6)
@@ -63,7 +65,7 @@ class Forecaster:
             rel, ref = relative(window, self.seq_len)
             z, mask = norm.normalize(rel, self.seq_len)
             pred, _ = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
-            pred = np.clip(pred.float().cpu().numpy(), -CLIP, CLIP)
+            pred = np.clip(self.loss.point(pred).float().cpu().numpy(), -CLIP, CLIP)
             raw = norm.denormalize(pred, ref)  # (B, H, 6)
             raw[..., 3:5] = np.maximum(raw[..., 3:5], 0.0)
             raw = np.where(absent[:, None, :], np.nan, raw)
@@ -99,68 +101,35 @@ class Forecaster:
         errors = {g: np.nanmean(np.abs(np.log(self.rollout(hist, steps, g)[..., PRICE]) - truth)) for g in grid}
         return float(min(errors, key=lambda g: (errors[g], -g)))
 
-    @property
-    def has_pump_head(self) -> bool:
-        return self.bundle.config.pump_head and "calibration" in self.bundle.pump
-
-    @torch.inference_mode()
-    def pump_logits(self, features: np.ndarray, lo: int = 0, hi: int | None = None, batch: int = 512) -> np.ndarray:
-        """Raw pump logits (T, 3) of one token's raw features (T, 6): row t from the window that ends at step t
-        (the past only), for t in [lo, hi); NaN elsewhere and where no full window exists yet."""
-        if not self.bundle.config.pump_head:
-            raise PumpcastError("this model has no pump head; train it with --pump-weight > 0")
-        n, L = features.shape[0], self.seq_len
-        out = np.full((n, 3), np.nan)
-        ends = np.arange(max(lo, L - 1), n if hi is None else min(hi, n))
-        base = to_base(features)
-        for i in range(0, ends.size, batch):
-            chunk = ends[i : i + batch]
-            window = base[chunk[:, None] - L + 1 + np.arange(L)]  # (b, L, 6)
-            rel, _ = relative(window, L)
-            z, mask = self.bundle.normalizer.normalize(rel, L)
-            _, logits = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
-            out[chunk] = logits.float().cpu().numpy()
-        return out
-
-    def pump_probability(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Calibrated probability (T,) of the pump output that raises alarms (the model file's alarm_output,
-        chosen on validation): "any" = a pump starts within the pump horizon or is under way, "now" = one is
-        under way."""
-        return self.alarm_probability(self.pump_logits(features, lo, hi))
-
-    def alarm_probability(self, logits: np.ndarray) -> np.ndarray:
-        """Raw pump logits (T, 3) -> the calibrated probability (T,) of the output that raises alarms."""
-        if not self.has_pump_head:
-            raise PumpcastError("this model has no calibrated pump head; train it with --pump-weight > 0")
-        k = PUMP_TARGETS.index(self.bundle.pump.get("alarm_output", "any"))
-        return calibrated(logits, self.bundle.pump["calibration"])[:, k]
-
-    def predict(self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int) -> list[pd.DataFrame]:
-        """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together.
+    def predict(
+        self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int, names: Sequence[str] | None = None
+    ) -> list[pd.DataFrame]:
+        """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together;
+        `names` (file names, say) are what errors call the histories.
 
         Returns one frame per history: a row per future step, the six predicted features (and `time` when
-        the history frame has a time column).
+        the history frame has a time column), and with a pump head the pump probability at the last bar.
         """
+        names = list(names) if names is not None else [f"history {i}" for i in range(len(histories))]
         arrays, times = [], []
-        for i, h in enumerate(histories):
-            arr, t = history_array(h, name=f"history {i}")
-            arrays.append(arr[-self.seq_len :] if arr.shape[0] >= self.seq_len else arr)
+        for h, name in zip(histories, names, strict=True):
+            arr, t = history_array(h, name=name)
+            if arr.shape[0] < self.seq_len:
+                raise DataError(
+                    f"{name}: has {arr.shape[0]} steps; this model needs at least seq_length={self.seq_len}"
+                )
+            arrays.append(arr[-self.seq_len :])
             times.append(t)
-        too_short = [i for i, a in enumerate(arrays) if a.shape[0] < self.seq_len]
-        if too_short:
-            raise PumpcastError(
-                f"history {too_short[0]} has {arrays[too_short[0]].shape[0]} steps; this model needs at least "
-                f"seq_length={self.seq_len}"
-            )
         forecast = self.rollout(np.stack(arrays), steps)
+        detector = PumpDetector(self.bundle) if self.bundle.has_pump_head else None
         frames = []
         for i, t in enumerate(times):
             frame = pd.DataFrame(forecast[i], columns=list(FEATURES))
             frame.insert(0, "step", np.arange(1, steps + 1))
-            if self.has_pump_head:  # the probability at the forecast origin (the last history bar)
-                frame["pump_probability"] = self.pump_probability(arrays[i], lo=arrays[i].shape[0] - 1)[-1]
+            if detector is not None:  # the probability at the forecast origin (the last history bar)
+                frame["pump_probability"] = detector.score(arrays[i], lo=arrays[i].shape[0] - 1)[-1]
             if t is not None:
-                interval = self.bundle.data_config.get("interval_ms", 60_000)
+                interval = self.bundle.data.interval_ms
                 last = t.iloc[-1]
                 frame.insert(0, "time", [last + pd.Timedelta(milliseconds=interval * k) for k in range(1, steps + 1)])
             frames.append(frame)
@@ -183,11 +152,11 @@ def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> 
     """A history as a (T, 6) float array (NaN where absent) and its times, if any; one-line errors."""
     if isinstance(history, np.ndarray):
         if history.ndim != 2 or history.shape[1] != len(FEATURES):
-            raise PumpcastError(f"{name}: expected shape (steps, {len(FEATURES)}), got {history.shape}")
+            raise DataError(f"{name}: expected shape (steps, {len(FEATURES)}), got {history.shape}")
         return history.astype(np.float64), None
     missing = [f for f in FEATURES if f not in history.columns]
     if missing:
-        raise PumpcastError(
+        raise DataError(
             f"{name}: missing column(s) {missing}; a history has time,{','.join(FEATURES)} (leave absent "
             "features empty, as `pumpcast export` writes them)"
         )
@@ -195,7 +164,7 @@ def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> 
     price = values[:, 0]
     if not (np.isfinite(price) & (price > 0)).all():
         row = int(np.flatnonzero(~(np.isfinite(price) & (price > 0)))[0])
-        raise PumpcastError(f"{name}: column 'price' row {row + 2} is not a positive number")
+        raise DataError(f"{name}: column 'price' row {row + 2} is not a positive number")
     times = None
     if "time" in history.columns:
         times = pd.to_datetime(history["time"], utc=True, format="ISO8601")

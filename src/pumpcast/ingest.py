@@ -21,10 +21,12 @@ from pumpcast.schema import (
     PRICE,
     SELLS,
     VOLUME,
+    DataError,
     Event,
-    PumpcastError,
     TokenSeries,
 )
+from pumpcast.store import TokenDataManager
+from pumpcast.timeutil import parse_interval
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +58,17 @@ CANDLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse_interval(interval: str) -> int:
-    """'1min', '5s', '1h' -> milliseconds."""
-    try:
-        ms = int(pd.Timedelta(interval).total_seconds() * 1000)
-    except (ValueError, TypeError) as exc:
-        raise PumpcastError(f"--interval {interval!r}: not a duration; use e.g. 1min, 5s or 1h") from exc
-    if ms <= 0:
-        raise PumpcastError(f"--interval {interval!r}: must be positive")
-    return ms
-
-
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, gzip-compressed CSV or Parquet file into a frame, with a one-line error if that fails."""
     path = Path(path)
     if not path.is_file():
-        raise PumpcastError(f"{path}: no such file; check the path")
+        raise DataError(f"{path}: no such file; check the path")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except Exception as exc:  # pandas raises many types for unreadable input
-        raise PumpcastError(f"{path}: cannot be read as CSV/Parquet ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{path}: cannot be read as CSV/Parquet ({type(exc).__name__}: {exc})") from exc
 
 
 def _resolve(
@@ -90,7 +81,7 @@ def _resolve(
         explicit = mapping.get(logical)
         if explicit:
             if explicit not in df.columns:
-                raise PumpcastError(
+                raise DataError(
                     f"{path}: column {explicit!r} (given for {logical}) not found; columns are {list(df.columns)}"
                 )
             found[logical] = explicit
@@ -102,9 +93,7 @@ def _resolve(
     missing = [r for r in required if r not in found]
     if missing:
         flags = ", ".join(f"--{m}-col" for m in missing)
-        raise PumpcastError(
-            f"{path}: missing column(s) {missing}; columns are {list(df.columns)}; name them with {flags}"
-        )
+        raise DataError(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}; name them with {flags}")
     return found
 
 
@@ -113,16 +102,16 @@ def _timestamps_ms(series: pd.Series, path: Path, column: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype="float64")
         if not np.isfinite(values).all():
-            raise PumpcastError(f"{path}: column {column!r} has missing or non-finite timestamps")
+            raise DataError(f"{path}: column {column!r} has missing or non-finite timestamps")
         if values.size and np.nanmax(np.abs(values)) < 1e11:  # seconds, not ms
             values = values * 1000.0
         return values.astype(np.int64)
     try:
         parsed = pd.to_datetime(series, utc=True, format="ISO8601")
     except (ValueError, TypeError) as exc:
-        raise PumpcastError(f"{path}: column {column!r} is neither Unix ms nor ISO-8601 time ({exc})") from exc
+        raise DataError(f"{path}: column {column!r} is neither Unix ms nor ISO-8601 time ({exc})") from exc
     if parsed.isna().any():
-        raise PumpcastError(f"{path}: column {column!r} has missing timestamps")
+        raise DataError(f"{path}: column {column!r} has missing timestamps")
     return (parsed.astype("datetime64[ms, UTC]").astype("int64")).to_numpy()
 
 
@@ -132,7 +121,7 @@ def _positive(series: pd.Series, path: Path, column: str, what: str) -> np.ndarr
     bad = ~np.isfinite(values) | (values <= 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise PumpcastError(
+        raise DataError(
             f"{path}: column {column!r} row {row + 2} has {what} {series.iloc[row]!r}; {what}s must be positive numbers"
         )
     return values
@@ -143,7 +132,7 @@ def _nonnegative(series: pd.Series, path: Path, column: str) -> np.ndarray:
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise PumpcastError(f"{path}: column {column!r} row {row + 2} has {series.iloc[row]!r}; expected a number >= 0")
+        raise DataError(f"{path}: column {column!r} row {row + 2} has {series.iloc[row]!r}; expected a number >= 0")
     return values
 
 
@@ -227,11 +216,11 @@ def trades_to_bars(
     df = read_table(path)
     cols = _resolve(df, path, TRADE_COLUMNS, columns or {}, required=("timestamp", "price"))
     if "amount" not in cols and "quote" not in cols:
-        raise PumpcastError(
+        raise DataError(
             f"{path}: needs a trade size: an amount column (--amount-col) or a quote volume column (--quote-col)"
         )
     if df.empty:
-        raise PumpcastError(f"{path}: has no rows")
+        raise DataError(f"{path}: has no rows")
     out = []
     groups = list(_group_by_symbol(df, cols, path, symbol))
     for sym, address, rows in groups:
@@ -251,7 +240,7 @@ def trades_to_bars(
             is_buy, is_sell = side == "buy", side == "sell"
             if not (is_buy | is_sell).all():
                 bad = int(np.flatnonzero(~(is_buy | is_sell))[0])
-                raise PumpcastError(
+                raise DataError(
                     f"{path}: column {cols['side']!r} row {bad + 2} is {side[bad]!r}; expected 'buy' or 'sell'"
                 )
             feats[:, BUYS] = np.bincount(idx, weights=is_buy.astype(float), minlength=n)
@@ -276,7 +265,7 @@ def candles_to_bars(
     df = read_table(path)
     cols = _resolve(df, path, CANDLE_COLUMNS, columns or {}, required=("timestamp", "close", "volume"))
     if df.empty:
-        raise PumpcastError(f"{path}: has no rows")
+        raise DataError(f"{path}: has no rows")
     out = []
     groups = list(_group_by_symbol(df, cols, path, symbol))
     for sym, address, rows in groups:
@@ -287,9 +276,7 @@ def candles_to_bars(
             same = rows.iloc[np.flatnonzero(dup)].to_numpy() == rows.iloc[np.flatnonzero(dup) - 1].to_numpy()
             if not same.all():
                 t = pd.Timestamp(int(ts[np.flatnonzero(dup)[0]]), unit="ms", tz="UTC")
-                raise PumpcastError(
-                    f"{path}: two different candles share the timestamp {t}; remove one and ingest again"
-                )
+                raise DataError(f"{path}: two different candles share the timestamp {t}; remove one and ingest again")
             log.warning("%s: dropped %d duplicated candle(s)", path, int(dup.sum()))
             rows, ts = rows.iloc[~dup], ts[~dup]
         close = _positive(rows[cols["close"]], path, cols["close"], "price")
@@ -323,7 +310,7 @@ def read_events(path: str | Path) -> pd.DataFrame:
         (lower[c] for c in ("pump_time_utc", "time", "timestamp", "start", "start_time") if c in lower), None
     )
     if sym_col is None or time_col is None:
-        raise PumpcastError(
+        raise DataError(
             f"{path}: an events file needs a symbol (or key) column and a time column; columns are {list(df.columns)}"
         )
     out = pd.DataFrame({"symbol": df[sym_col].astype(str), "time_ms": _timestamps_ms(df[time_col], path, time_col)})
@@ -360,13 +347,12 @@ def ingest_files(
     events: str | Path | None = None,
 ) -> list[int]:
     """Read every file first (so one bad file leaves the store untouched), then store all tokens at once."""
-    from pumpcast.store import TokenDataManager
 
     if kind not in ("trades", "candles"):
-        raise PumpcastError(f"ingest {kind!r}: choose trades or candles")
+        raise DataError(f"ingest {kind!r}: choose trades or candles")
     reader = trades_to_bars if kind == "trades" else candles_to_bars
     if key and len(files) > 1:
-        raise PumpcastError("--key names one token: give it with a single input file")
+        raise DataError("--key names one token: give it with a single input file")
     event_table = read_events(events) if events else None
     series = []
     for f in files:

@@ -2,62 +2,25 @@
 
 Read top to bottom: inputs (values + availability mask) -> per-step Linear or patching Conv1D embedding ->
 sinusoidal positions -> encoder -> pooled summary -> MLP -> the next `horizon` steps of all six features
-(normalised, window-relative; price as log change from the last input step). Predicting every feature, not
+(normalised, window-relative; price as log change from the last input step), as many outputs per value as
+the configured loss decodes (losses.py). Predicting every feature, not
 only price, lets long rollouts continue on the model's own predictions without peeking at future covariates.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from pumpcast.schema import FEATURES, PumpcastError
+from pumpcast.config import ModelConfig
+from pumpcast.losses import get_loss
+
+__all__ = ["PUMP_RECENT", "ModelConfig", "PumpcastTransformer", "sinusoidal_positions"]
 
 #: Latest input steps the pump head reads directly (besides the encoder's summary).
 PUMP_RECENT = 4
-
-
-@dataclass
-class ModelConfig:
-    """Shape of the network; stored in every model file so the file rebuilds its own model."""
-
-    n_features: int = len(FEATURES)
-    seq_len: int = 500
-    horizon: int = 16  # direct multi-step output; see README "Forecast horizon"
-    embedding: str = "conv"  # "conv": patching Conv1D (kernel = stride = patch_len); "linear": per step
-    patch_len: int = 16
-    embed_size: int = 64
-    nhead: int = 4
-    num_layers: int = 2
-    dim_feedforward: int = 256
-    dropout: float = 0.0
-    head_hidden: int = 256
-    pump_head: bool = False  # also output pump logits: [starts within pump_horizon steps, under way, either]
-    pump_horizon: int = 10
-
-    def __post_init__(self) -> None:
-        if self.embedding not in ("conv", "linear"):
-            raise PumpcastError(f"--embedding {self.embedding!r}: choose conv or linear")
-        if self.embed_size % self.nhead:
-            raise PumpcastError(f"--embed-size {self.embed_size} must be divisible by --nhead {self.nhead}")
-        if min(self.seq_len, self.horizon, self.patch_len, self.num_layers, self.pump_horizon) < 1:
-            raise PumpcastError("--seq-length, --horizon, --patch-len, --num-layers and --pump-horizon must be >= 1")
-
-    @property
-    def n_tokens(self) -> int:
-        """Length of the sequence the encoder sees."""
-        return math.ceil(self.seq_len / self.patch_len) if self.embedding == "conv" else self.seq_len
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
@@ -71,11 +34,13 @@ def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
 
 
 class PumpcastTransformer(nn.Module):
-    """Window (B, L, F) + mask (B, L, F) -> forecast (B, horizon, F) and, with a pump head, pump logits (B, 3)."""
+    """Window (B, L, F) + mask (B, L, F) -> head outputs (B, horizon, F, K) (K: outputs per value of the
+    config's loss) and, with a pump head, pump logits (B, 3)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         c = self.config = config
+        self.outputs_per_value = get_loss(c.loss).outputs_per_value
         in_ch = 2 * c.n_features  # values and their availability mask
         if c.embedding == "conv":
             self.embed = nn.Conv1d(in_ch, c.embed_size, kernel_size=c.patch_len, stride=c.patch_len)
@@ -93,7 +58,7 @@ class PumpcastTransformer(nn.Module):
             nn.Dropout(c.dropout),
             nn.Linear(c.head_hidden, c.head_hidden),
             nn.GELU(),
-            nn.Linear(c.head_hidden, c.horizon * c.n_features),
+            nn.Linear(c.head_hidden, c.horizon * c.n_features * self.outputs_per_value),
         )
         # The pump head also sees the last PUMP_RECENT input steps as they are: a surge in the latest bar is
         # the sharpest sign of a pump under way, and a patch embedding would blur it with 15 older bars.
@@ -123,6 +88,6 @@ class PumpcastTransformer(nn.Module):
         h = h + self.pos[: h.shape[1]]
         h = self.norm(self.encoder(h))  # (B, n_tokens, E)
         summary = torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)  # (B, 2E): latest patch + whole window
-        forecast = self.head(summary).view(-1, c.horizon, c.n_features)  # (B, H, F)
+        forecast = self.head(summary).view(-1, c.horizon, c.n_features, self.outputs_per_value)  # (B, H, F, K)
         pump_logits = self.pump(torch.cat([summary, recent], dim=-1)) if self.pump is not None else None  # (B, 3)
         return forecast, pump_logits

@@ -4,44 +4,71 @@ Contents are plain containers, numbers, strings and tensors only, so loading use
 `torch.load(weights_only=True)` and a file carrying any other pickled object is refused before anything in it
 runs. FORMAT_VERSION is bumped only with a migration in `_migrate`, so files made by older releases keep
 loading (tests/data holds one per format to prove it).
+
+Format 2 (this version): the model config names its loss (format 1 files are all "huber"), and a model
+without a pump head stores `pump: None` (format 1: an empty dict).
 """
 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pumpcast.files import atomic_write
 from pumpcast.model import ModelConfig, PumpcastTransformer
-from pumpcast.schema import FEATURES, PumpcastError
-from pumpcast.store import atomic_write
+from pumpcast.pumps import PumpCalibration
+from pumpcast.schema import FEATURES, ConfigError, ModelFileError
 from pumpcast.windows import Normalizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+@dataclass
+class DataInfo:
+    """What a model was trained on and how: bar interval, split, seed and batch sizes (for the record and
+    for stamping forecast times)."""
+
+    interval_ms: int = 60_000
+    split_strategy: str = ""
+    data_dir: str = ""
+    seed: int = 0
+    world_size: int = 1
+    batch_size_per_process: int = 0
+    global_batch_size: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataInfo:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
 class ModelBundle:
-    """A trained model with its configs, feature names and normalisation."""
+    """A trained model with its configs, feature names and normalisation, and what was chosen on validation
+    data: the pump calibration (None without a pump head) and the rollout damping."""
 
     model: PumpcastTransformer
     normalizer: Normalizer
-    data_config: dict[str, Any] = field(default_factory=dict)
+    data: DataInfo = field(default_factory=DataInfo)
     metrics: dict[str, float] = field(default_factory=dict)
     features: tuple[str, ...] = FEATURES
-    # pump head: calibration [[a, b] x 3], threshold, horizon, false-alarm budget, baseline thresholds, all
-    # chosen on validation data
-    pump: dict[str, Any] = field(default_factory=dict)
+    pump: PumpCalibration | None = None
     # long rollouts scale the c-th pass's price moves by rollout_damping**c (chosen on validation data)
     rollout_damping: float = 1.0
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @property
+    def has_pump_head(self) -> bool:
+        """Whether the model has a pump head calibrated on validation data."""
+        return self.config.pump_head and self.pump is not None
 
 
 def _plain(obj: Any) -> Any:
@@ -66,10 +93,10 @@ def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
         "pumpcast_version": __version__,
         "features": list(bundle.features),
         "model_config": bundle.config.to_dict(),
-        "data_config": _plain(bundle.data_config),
+        "data_config": _plain(asdict(bundle.data)),
         "normalization": {"center": bundle.normalizer.center.tolist(), "scale": bundle.normalizer.scale.tolist()},
         "metrics": {k: float(v) for k, v in bundle.metrics.items()},
-        "pump": _plain(bundle.pump),
+        "pump": _plain(bundle.pump.to_dict()) if bundle.pump is not None else None,
         "rollout_damping": float(bundle.rollout_damping),
         "state_dict": {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()},
     }
@@ -79,12 +106,17 @@ def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
 
 
 def _migrate(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Bring an older format up to FORMAT_VERSION (none yet: version 1 is the first)."""
-    version = int(payload.get("format_version", 0))
+    """Bring an older format up to FORMAT_VERSION."""
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: not a pumpcast model file (no format_version)")
     if version > FORMAT_VERSION:
-        raise PumpcastError(f"{path}: model format {version} is newer than this pumpcast's ({FORMAT_VERSION}); upgrade")
-    if version < 1:
-        raise PumpcastError(f"{path}: not a pumpcast model file (no format_version)")
+        raise ModelFileError(
+            f"{path}: model format {version} is newer than this pumpcast's ({FORMAT_VERSION}); upgrade"
+        )
+    if version == 1:  # 1 -> 2: the loss is named; "no pump head" is None
+        payload["model_config"] = {"loss": "huber", **payload["model_config"]}
+        payload["pump"] = payload.get("pump") or None
     return payload
 
 
@@ -92,31 +124,40 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a model file without unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
-        raise PumpcastError(f"{path}: no such model file; train one with --save-model {path}")
+        raise ModelFileError(f"{path}: no such model file; train one with save_model={path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise PumpcastError(
+        raise ModelFileError(
             f"{path}: refused: the file holds pickled objects other than tensors and plain data, so it was not "
             "written by pumpcast or was tampered with; nothing in it was run"
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
-        raise PumpcastError(f"{path}: unreadable model file ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(f"{path}: unreadable model file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict):
-        raise PumpcastError(f"{path}: not a pumpcast model file")
+        raise ModelFileError(f"{path}: not a pumpcast model file")
     payload = _migrate(payload, path)
-    if tuple(payload["features"]) != FEATURES:
-        raise PumpcastError(f"{path}: model trained on features {payload['features']}, this pumpcast uses {FEATURES}")
-    model = PumpcastTransformer(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    norm = payload["normalization"]
-    return ModelBundle(
-        model=model,
-        normalizer=Normalizer(norm["center"], norm["scale"]),
-        data_config=payload.get("data_config", {}),
-        metrics=payload.get("metrics", {}),
-        features=tuple(payload["features"]),
-        pump=payload.get("pump", {}),
-        rollout_damping=float(payload.get("rollout_damping", 1.0)),
-    )
+    try:
+        if tuple(payload["features"]) != FEATURES:
+            raise ModelFileError(
+                f"{path}: model trained on features {payload['features']}, this pumpcast uses {FEATURES}"
+            )
+        model = PumpcastTransformer(ModelConfig.from_dict(payload["model_config"]))
+        model.load_state_dict(payload["state_dict"])
+        norm = payload["normalization"]
+        pump = payload.get("pump")
+        return ModelBundle(
+            model=model.eval(),
+            normalizer=Normalizer(norm["center"], norm["scale"]),
+            data=DataInfo.from_dict(payload.get("data_config", {})),
+            metrics=payload.get("metrics", {}),
+            features=tuple(payload["features"]),
+            pump=PumpCalibration.from_dict(pump, str(path)) if pump is not None else None,
+            rollout_damping=float(payload.get("rollout_damping", 1.0)),
+        )
+    except ModelFileError:
+        raise
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: bad model config ({exc})") from exc
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: damaged model file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc

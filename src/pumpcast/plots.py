@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from pumpcast.files import atomic_write  # noqa: E402
 from pumpcast.schema import FEATURES, TokenSeries  # noqa: E402
 from pumpcast.splits import SPLITS, Split  # noqa: E402
-from pumpcast.store import atomic_write  # noqa: E402
 
 EVENT_COLORS = {
     "pump_and_dump": "tab:red",

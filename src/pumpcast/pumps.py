@@ -1,5 +1,5 @@
 """Pump events: per-step labels from stored events, rolling z-score baselines, alarm thresholds chosen on
-validation data to a false-alarm budget, and event-level metrics.
+validation data to a false-alarm budget, event-level metrics, and the calibration record a model file keeps.
 
 Conventions (steps are bar indices of one token):
 - a pump "starts" at its event start (the first surge bar for synthetic pumps, the announced minute for real
@@ -12,13 +12,14 @@ Conventions (steps are bar indices of one token):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pumpcast.schema import BUYS, VOLUME, Event
+from pumpcast.schema import BUYS, VOLUME, Event, ModelFileError
 
 PUMP = "pump_and_dump"
 REAL_PEAK_STEPS = 5  # real pumps peak within about 1-5 minutes of the announcement
@@ -187,3 +188,45 @@ def calibrated(logits: np.ndarray, calibration: Sequence[Sequence[float]]) -> np
     """Raw pump logits (..., 3) -> calibrated probabilities (..., 3); NaN stays NaN."""
     ab = np.asarray(calibration, dtype=np.float64)
     return 1.0 / (1.0 + np.exp(-(np.asarray(logits) * ab[:, 0] + ab[:, 1])))
+
+
+@dataclass
+class PumpCalibration:
+    """Everything chosen on validation data for a model's pump head, stored in its model file: Platt (a, b)
+    per pump output, which output raises alarms ("any" or "now"), the alarm threshold for the false-alarm
+    budget, the baselines' thresholds for the same budget, and the validation metrics behind the choice."""
+
+    horizon: int
+    calibration: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0]] * len(PUMP_TARGETS))
+    threshold: float = float("inf")
+    max_false_alarms_per_day: float = 1.0
+    alarm_output: str = "any"
+    baseline_thresholds: dict[str, float] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        """Raw pump logits (T, 3) -> the calibrated probability (T,) of the output that raises alarms."""
+        return calibrated(logits, self.calibration)[:, PUMP_TARGETS.index(self.alarm_output)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model file") -> PumpCalibration:
+        try:
+            cal = cls(
+                horizon=int(d["horizon"]),
+                calibration=[[float(a), float(b)] for a, b in d["calibration"]],
+                threshold=float(d["threshold"]),
+                max_false_alarms_per_day=float(d["max_false_alarms_per_day"]),
+                alarm_output=str(d.get("alarm_output", "any")),
+                baseline_thresholds={str(k): float(v) for k, v in d.get("baseline_thresholds", {}).items()},
+                val_metrics=dict(d.get("val_metrics", {})),
+                note=str(d.get("note", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{where}: damaged pump calibration ({type(exc).__name__}: {exc})") from exc
+        if len(cal.calibration) != len(PUMP_TARGETS) or cal.alarm_output not in PUMP_TARGETS:
+            raise ModelFileError(f"{where}: damaged pump calibration (outputs or alarm_output)")
+        return cal

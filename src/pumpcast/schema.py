@@ -1,4 +1,4 @@
-"""Names and versions shared by every part of pumpcast: the six features, the event record, the error type."""
+"""Names and versions shared by every part of pumpcast: the six features, the event record, the error types."""
 
 from __future__ import annotations
 
@@ -29,6 +29,23 @@ EVENT_DTYPE = np.dtype([("type", "S24"), ("start", "<i8"), ("peak", "<i8"), ("en
 
 class PumpcastError(Exception):
     """A user-facing error: one line that names the file or field, the problem and the fix."""
+
+
+class ConfigError(PumpcastError, ValueError):
+    """A bad setting. The message names settings by their field names (`embed_size`); `fields` lists them so
+    that a front end can say them its own way (the CLI prints `--embed-size`)."""
+
+    def __init__(self, message: str, *fields: str):
+        super().__init__(message)
+        self.fields = fields
+
+
+class DataError(PumpcastError, ValueError):
+    """Input data that cannot be used as it is: a history, a bar, a trade or candle file, a store."""
+
+
+class ModelFileError(PumpcastError):
+    """A model file that cannot be used: missing, foreign, damaged or from a newer pumpcast."""
 
 
 @dataclass(frozen=True)

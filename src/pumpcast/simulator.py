@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pumpcast.schema import FEATURES, Event, PumpcastError, TokenSeries
+from pumpcast.config import DataConfig
+from pumpcast.schema import FEATURES, ConfigError, Event, TokenSeries
+from pumpcast.store import TokenDataManager
+from pumpcast.timeutil import parse_interval
 
 #: Tokens simulated together; part of the random stream's definition, so changing it changes the data.
 BLOCK = 512
@@ -255,8 +258,6 @@ def to_series(token: SyntheticToken, seed: int, interval_ms: int = 60_000) -> To
 
 def _write_block(args: tuple[str, int, int, int, int, dict[int, int]]) -> list[dict]:
     """Worker: simulate one block and write the requested tokens' files; returns their metadata entries."""
-    from pumpcast.store import TokenDataManager
-
     data_dir, seed, block, timesteps, interval_ms, ids = args
     store = TokenDataManager(data_dir)
     entries = []
@@ -283,11 +284,8 @@ def generate_to_store(
     """
     import multiprocessing as mp
 
-    from pumpcast.ingest import parse_interval
-    from pumpcast.store import TokenDataManager
-
     if num_tokens < 1 or timesteps < 2:
-        raise PumpcastError("--num-tokens must be >= 1 and --timesteps >= 2")
+        raise ConfigError("num_tokens must be >= 1 and timesteps >= 2", "num_tokens", "timesteps")
     interval_ms = parse_interval(interval)
     store = TokenDataManager(data_dir)
     blocks = range(0, (num_tokens - 1) // BLOCK + 1)
@@ -314,3 +312,12 @@ def generate_to_store(
             entries = [e for t in tasks for e in _write_block(t)]
         store.commit(meta, entries)
     return [ids[i] for i in range(num_tokens)]
+
+
+def ensure_store(data: DataConfig) -> TokenDataManager:
+    """The store in data.data_dir, filled with data.num_tokens synthetic tokens first if it is empty: every
+    command that needs data and finds none starts from the embedded defaults."""
+    store = TokenDataManager(data.data_dir)
+    if len(store) == 0:
+        generate_to_store(data.data_dir, data.num_tokens, data.timesteps, data.seed, data.interval)
+    return store

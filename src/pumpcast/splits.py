@@ -7,11 +7,15 @@ targets never leave it. split_info.json records everything needed to rebuild and
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from pumpcast.schema import PumpcastError
+from pumpcast.config import DataConfig
+from pumpcast.schema import ConfigError, DataError
+from pumpcast.store import TokenDataManager
 
 STRATEGIES = ("time", "token", "mixed")
 SPLITS = ("train", "val", "test")
@@ -60,11 +64,11 @@ def make_split(
            validate, so train and validation differ in tokens and test differs in time.
     """
     if strategy not in STRATEGIES:
-        raise PumpcastError(f"--split-strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"split_strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}", "split_strategy")
     if not (0 <= test_ratio < 1 and 0 <= val_ratio < 1 and test_ratio + val_ratio < 1):
-        raise PumpcastError("split ratios: test and validation ratios must be >= 0 and sum to less than 1")
+        raise ConfigError("test_ratio and val_ratio must be >= 0 and sum to less than 1", "test_ratio", "val_ratio")
     if not 0 < train_token_ratio <= 1:
-        raise PumpcastError("--train-token-ratio must be in (0, 1]")
+        raise ConfigError("train_token_ratio must be in (0, 1]", "train_token_ratio")
     ids = sorted(lengths)
     split = Split(strategy, test_ratio, val_ratio, train_token_ratio, seed, {s: {} for s in SPLITS})
     if strategy == "time":
@@ -94,3 +98,48 @@ def make_split(
         split.ranges["train" if t in train_ids else "val"][int(t)] = (0, b)
         split.ranges["test"][int(t)] = (b, n)
     return split
+
+
+def load_split_file(path: str | Path, lengths: dict[int, int]) -> Split:
+    """A split_info.json written earlier (or by hand), checked against the store's tokens."""
+    try:
+        split = Split.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a readable split_info.json ({type(exc).__name__}: {exc})") from exc
+    for name, ranges in split.ranges.items():
+        for t, (a, b) in ranges.items():
+            if t not in lengths or not 0 <= a <= b <= lengths[t]:
+                raise DataError(f"{path}: {name} range {a}-{b} of token {t} does not fit the store")
+    return split
+
+
+def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") -> Split:
+    """The split a command works on, decided in one place:
+
+    - data.split_file, when given, always;
+    - reuse="same-strategy": the store's recorded split when it was made with data.split_strategy (test mode
+      on a store that was trained on), else a new one;
+    - reuse="required": the store's recorded split, or a one-line error (evaluation must not invent one);
+    - reuse="no": a new split from data's strategy, ratios and seed.
+    """
+    if data.split_file:
+        return load_split_file(data.split_file, store.lengths())
+    stored = store.load_split() if reuse != "no" else None
+    if reuse == "required" and stored is None:
+        raise DataError(f"{store.split_path}: no split; train on this store first or give split_file")
+    if stored is not None and (reuse == "required" or stored.get("strategy") == data.split_strategy):
+        return load_split_file(store.split_path, store.lengths())
+    return make_split(
+        store.lengths(), data.split_strategy, data.test_ratio, data.val_ratio, data.train_token_ratio, data.seed
+    )
+
+
+def parse_token_range(text: str) -> list[int]:
+    """'0-5' -> [0, 1, 2, 3, 4, 5] (inclusive, as the seed's --test-token-range)."""
+    try:
+        a, b = (int(v) for v in text.split("-"))
+    except ValueError as exc:
+        raise ConfigError(f"test_token_range {text!r}: write it as A-B, e.g. 0-5", "test_token_range") from exc
+    if b < a:
+        raise ConfigError(f"test_token_range {text!r}: the end is before the start", "test_token_range")
+    return list(range(a, b + 1))

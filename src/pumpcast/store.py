@@ -12,8 +12,6 @@ half-written file and two writers never interleave.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.schema import (
     EVENT_DTYPE,
     FEATURES,
@@ -33,45 +32,9 @@ from pumpcast.schema import (
     array_to_events,
     events_to_array,
 )
+from pumpcast.timeutil import iso
 
 CHUNK_ROWS = 1024
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Any, suffix: str = "") -> None:
-    """Call write(tmp_path) and rename the result onto path, so path is either old or new, never partial."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should look like any new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN and infinities become null: strict JSON readers reject them."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write strict JSON atomically."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False)))
-
-
-def iso(ms: int) -> str:
-    """Unix ms -> ISO-8601 UTC text."""
-    return pd.Timestamp(int(ms), unit="ms", tz="UTC").isoformat()
 
 
 class TokenDataManager:

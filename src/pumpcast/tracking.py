@@ -22,10 +22,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from pumpcast.config import TrackingConfig
+from pumpcast.schema import FEATURES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "pumpcast"
 #: Where the registered model's pyfunc code lives (MLflow "models from code": nothing is pickled).
 PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
 
@@ -35,13 +37,24 @@ def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-class Tracker:
-    """Fault-tolerant MLflow client for one process; a disabled tracker accepts every call and does nothing."""
+def is_global_rank_zero() -> bool:
+    """False in the extra processes of a data-parallel run (Lightning's launcher and multi-node launches set
+    these variables); they must not open tracking runs or write outputs."""
+    env = os.environ
+    if "RANK" in env:
+        return env["RANK"] == "0"
+    return env.get("NODE_RANK", "0") == "0" and env.get("LOCAL_RANK", "0") == "0"
 
-    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, enabled: bool = True):
-        self.uri = resolve_uri(uri)
-        self.experiment = experiment
-        self.enabled = enabled
+
+class Tracker:
+    """Fault-tolerant MLflow client for one process; a disabled tracker accepts every call and does nothing.
+    Tracking is off in the extra processes of a data-parallel run."""
+
+    def __init__(self, config: TrackingConfig | None = None):
+        config = config or TrackingConfig()
+        self.uri = resolve_uri(config.tracking_uri)
+        self.experiment = config.experiment_name
+        self.enabled = config.enabled and is_global_rank_zero()
         self.run_id: str | None = None
         self._client = None
         self._experiment_id: str | None = None
@@ -152,8 +165,6 @@ class Tracker:
             import mlflow
             from mlflow.models import ModelSignature
             from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-            from pumpcast.schema import FEATURES
 
             columns = Schema(
                 [ColSpec("string", "time", required=False)] + [ColSpec("double", f, required=False) for f in FEATURES]

@@ -1,7 +1,14 @@
-"""Training with PyTorch Lightning: the LightningModule (loss, optimiser, schedule), data preparation from
-the store, interrupt-safe checkpoints and exact resume.
+"""Making a model file from a store, in three steps that also stand alone:
 
-Model logic lives in model.py; this module owns only how it is trained.
+- `train`: fit the network with PyTorch Lightning on a split (given, or resolved from the config) with a
+  normaliser (given, or fitted on the training windows) and optionally initial weights: the LightningModule
+  (loss, optimiser, schedule), the data module (sharded per process), interrupt-safe checkpoints, exact resume;
+- `calibrate`: choose on validation data what the model file keeps besides weights (the pump calibration,
+  the rollout damping);
+- `package`: the ModelBundle that `modelfile.save_model_file` writes.
+
+`fit(config)` runs the three and saves the file; it is what `pumpcast train` calls. The network itself lives
+in model.py and its loss in losses.py.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,14 +32,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Sampler
 
+from pumpcast.config import ModelConfig, TrainConfig, flat_values
+from pumpcast.detection import calibrate as calibrate_pump_head
 from pumpcast.forecasting import Forecaster
-from pumpcast.model import ModelConfig, PumpcastTransformer
-from pumpcast.modelfile import ModelBundle, save_model_file
-from pumpcast.pumps import PUMP_TARGETS, pump_labels
-from pumpcast.schema import PRICE, PumpcastError
-from pumpcast.simulator import generate_to_store
-from pumpcast.splits import Split, make_split
+from pumpcast.losses import get_loss, pump_loss
+from pumpcast.model import PumpcastTransformer
+from pumpcast.modelfile import DataInfo, ModelBundle, load_model_file, save_model_file
+from pumpcast.pumps import pump_labels
+from pumpcast.schema import ConfigError
+from pumpcast.simulator import ensure_store
+from pumpcast.splits import Split, resolve_split
 from pumpcast.store import TokenDataManager
+from pumpcast.tracking import MLflowEpochLogger, Tracker
 from pumpcast.windows import Normalizer, WindowDataset, collate_batch, window_span
 
 
@@ -44,65 +55,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # per-process training metrics are rank 0's shard's; validation loss is averaged over processes
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI fills it from flags."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data_dir: str = "training-data"
-    num_tokens: int = 5  # synthetic tokens generated when the store is empty
-    timesteps: int = 4000
-    split_strategy: str = "time"
-    train_token_ratio: float = 0.6
-    test_ratio: float = 0.4
-    val_ratio: float = 0.2
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    aux_weight: float = 0.5  # weight of the non-price features in the loss
-    pump_weight: float = 1.0  # weight of the pump head's loss; 0 trains no pump head
-    max_false_alarms_per_day: float = 1.0  # the alarm threshold's budget, applied on validation data
-    split_file: str | None = None  # a split_info.json to reuse instead of making a split
-    window_stride: int = 1
-    patience: int = 5
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_dir: str = "checkpoints"
-    resume: bool = False
-    save_model: str | None = "model_v2.pth"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"  # "ddp" for data-parallel processes (gloo on CPU, NCCL on GPUs)
-    num_nodes: int = 1
-    ddp_timeout_s: int = 300  # a process that stops answering fails the run instead of hanging it
-    write_store_files: bool = True  # split_info.json and normalization_params.npy (tuning trials skip them)
-    progress_bar: bool = True
-
-
-def pump_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the three pump outputs, positives up-weighted (pumps are rare); windows of
-    tokens whose events are unknown (NaN labels) are left out."""
-    known = torch.isfinite(labels)
-    if not known.any():
-        return logits.sum() * 0.0
-    err = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, torch.nan_to_num(labels), pos_weight=pos_weight, reduction="none"
-    )
-    return (err * known).sum() / known.sum()
-
-
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Huber loss (robust to rug-pull-sized jumps) over available target values; price weighted 1, the other
-    features aux_weight."""
-    w = torch.full((pred.shape[-1],), aux_weight, device=pred.device, dtype=pred.dtype)
-    w[PRICE] = 1.0
-    m = mask.to(pred.dtype) * w
-    err = torch.nn.functional.huber_loss(pred, target, reduction="none", delta=1.0)
-    return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
 class ForecastModule(pl.LightningModule):
@@ -120,6 +72,7 @@ class ForecastModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = PumpcastTransformer(ModelConfig.from_dict(model_config))
+        self.forecast_loss = get_loss(self.model.config.loss)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(x, mask)
@@ -127,7 +80,7 @@ class ForecastModule(pl.LightningModule):
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, pump loss): forecast loss plus pump_weight x the pump head's loss."""
         pred, pump_logits = self.model(batch["x"], batch["x_mask"])
-        loss = masked_loss(pred.float(), batch["y"], batch["y_mask"], self.hparams.aux_weight)
+        loss = self.forecast_loss(pred.float(), batch["y"], batch["y_mask"], self.hparams.aux_weight)
         if pump_logits is None:
             return loss, torch.zeros((), device=loss.device)
         pump = pump_loss(pump_logits.float(), batch["pump"], self.pos_weight.to(loss.device))
@@ -277,54 +230,53 @@ class Throughput(Callback):
 
 
 class PumpcastDataModule(pl.LightningDataModule):
-    """Data for one run. prepare_data (global rank 0 only): generate synthetic data if the store is empty,
-    split, fit the normalisation on training windows, record both in the store. setup (every process): load
-    only this process's shard of tokens (balanced by window count), so no process holds the whole store."""
+    """Data for one run. prepare_data (global rank 0 only): make sure the store has data, take the split and
+    the normaliser given or make them (a split from the config; a normaliser fitted on training windows), and
+    record both in the store. setup (every process): load only this process's shard of tokens (balanced by
+    window count), so no process holds the whole store."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, split: Split | None = None, normalizer: Normalizer | None = None):
         super().__init__()
         self.cfg = cfg
         self.prepare_data_per_node = False
-        self.store = TokenDataManager(cfg.data_dir)
-        self.split: Split | None = None
-        self.normalizer: Normalizer | None = None
+        self.store = TokenDataManager(cfg.data.data_dir)
+        self.split = split
+        self.normalizer = normalizer
         self.train: WindowDataset | None = None
         self.val: WindowDataset | None = None
         self.samplers: dict[str, ShardSampler] = {}
         self.pos_weight = [1.0, 1.0, 1.0]
 
     def prepare_data(self) -> None:
-        cfg, store = self.cfg, self.store
-        if len(store) == 0:
-            generate_to_store(cfg.data_dir, cfg.num_tokens, cfg.timesteps, cfg.seed)
+        data, store = self.cfg.data, ensure_store(self.cfg.data)
         lengths = store.lengths()
-        split = (
-            load_split_file(cfg.split_file, lengths)
-            if cfg.split_file
-            else make_split(lengths, cfg.split_strategy, cfg.test_ratio, cfg.val_ratio, cfg.train_token_ratio, cfg.seed)
-        )
-        L, H = cfg.model.seq_len, cfg.model.horizon
-        hint = (
-            f"lower --seq-length (now {L}) or --horizon (now {H}), or use longer series "
-            f"(longest token: {max(lengths.values())} steps)"
-        )
+        split = self.split or resolve_split(store, data)
+        L, H = self.cfg.model.seq_len, self.cfg.model.horizon
         for name, label in (("train", "train"), ("val", "validation")):
             if not any(window_span(lengths[t], r, L, H)[1] for t, r in split.ranges[name].items()):
-                raise PumpcastError(f"{label} split has no window of {L} input + {H} target steps; {hint}")
+                raise ConfigError(
+                    f"{label} split has no window of {L} input + {H} target steps; lower seq_len (now {L}) or "
+                    f"horizon (now {H}), or use longer series (longest token: {max(lengths.values())} steps)",
+                    "seq_len",
+                    "horizon",
+                )
         self.split = split
-        self.normalizer = Normalizer.fit_store(store, split.ranges["train"], L, H, cfg.window_stride, seed=cfg.seed)
-        if cfg.write_store_files:
+        if self.normalizer is None:
+            self.normalizer = Normalizer.fit_store(
+                store, split.ranges["train"], L, H, data.window_stride, seed=data.seed
+            )
+        if self.cfg.runtime.write_store_files:
             store.save_split(split.to_json() | {"seq_length": L, "horizon": H})
             store.save_normalization(self.normalizer.to_array())
 
     def setup(self, stage: str) -> None:
-        if self.split is None:  # a process other than rank 0 reads what rank 0 prepared
+        if self.split is None or self.normalizer is None:  # a process other than rank 0 reads what rank 0 made
             self.split = Split.from_json(self.store.load_split())
             self.normalizer = Normalizer.from_array(self.store.load_normalization())
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
         lengths = self.store.lengths()
-        L, H, stride = self.cfg.model.seq_len, self.cfg.model.horizon, self.cfg.window_stride
+        L, H, stride = self.cfg.model.seq_len, self.cfg.model.horizon, self.cfg.data.window_stride
         K = self.cfg.model.pump_horizon
         for name in ("train", "val"):
             ranges = self.split.ranges[name]
@@ -344,18 +296,18 @@ class PumpcastDataModule(pl.LightningDataModule):
             if name == "train":
                 self.pos_weight = positive_weight(ds.flat_labels) if ds.flat_labels is not None else [1.0] * 3
             per_rank = max(1, sum(counts.values()) // world)
-            self.samplers[name] = ShardSampler(len(ds), per_rank, self.cfg.seed, rank, shuffle=name == "train")
+            self.samplers[name] = ShardSampler(len(ds), per_rank, self.cfg.data.seed, rank, shuffle=name == "train")
             setattr(self, name, ds)
 
     def _loader(self, name: str) -> DataLoader:
-        cfg = self.cfg
+        workers = self.cfg.runtime.num_workers
         return DataLoader(
             getattr(self, name),
-            batch_size=cfg.batch_size,
+            batch_size=self.cfg.optim.batch_size,
             sampler=self.samplers[name],
             collate_fn=collate_batch,
-            num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -364,16 +316,6 @@ class PumpcastDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
-
-
-@dataclass
-class FitResult:
-    bundle: ModelBundle
-    data: PumpcastDataModule
-    best_val_loss: float
-    epochs_run: int
-    model_path: Path | None
-    history: list[dict[str, float]]
 
 
 class _History(Callback):
@@ -390,30 +332,80 @@ class _History(Callback):
         self.rows.append(row)
 
 
+class _SamplerEpoch(Callback):
+    """Tells the shard samplers which epoch starts (Lightning only does so for samplers it made itself)."""
+
+    def __init__(self, data: PumpcastDataModule):
+        self.data = data
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for sampler in self.data.samplers.values():
+            sampler.set_epoch(trainer.current_epoch)
+
+
+@dataclass
+class Trained:
+    """What `train` gives global rank 0: the best network (lowest validation loss) and what it was fitted on."""
+
+    model: PumpcastTransformer
+    normalizer: Normalizer
+    split: Split
+    store: TokenDataManager
+    best_val_loss: float
+    epochs_run: int
+    world_size: int
+    train_windows: int  # rank 0's training windows
+    history: list[dict[str, float]]
+
+
 def _strategy(cfg: TrainConfig) -> str | DDPStrategy:
-    if cfg.strategy == "ddp":
-        return DDPStrategy(timeout=timedelta(seconds=cfg.ddp_timeout_s))
-    return cfg.strategy
+    if cfg.runtime.strategy == "ddp":
+        return DDPStrategy(timeout=timedelta(seconds=cfg.runtime.ddp_timeout_s))
+    return cfg.runtime.strategy
 
 
-def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitResult | None:
-    """Train a forecaster on the store in cfg.data_dir; returns the best model (lowest validation loss).
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The network's config: cfg.model with a pump head exactly when the pump loss has weight."""
+    return replace(cfg.model, pump_head=cfg.pump.pump_weight > 0)
 
-    With several processes (--strategy ddp) every process trains its shard; only global rank 0 writes
-    checkpoints and the model file and gets a result, the others get None.
+
+def train(
+    cfg: TrainConfig,
+    split: Split | None = None,
+    normalizer: Normalizer | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    callbacks: list[Callback] | None = None,
+) -> Trained | None:
+    """Train the network on the store in cfg.data.data_dir. With a split and a normaliser given (walk-forward
+    retraining, fine-tuning) they are used as they are; otherwise they come from the config and the training
+    windows. init_weights (a state dict) starts the network from them instead of a random initialisation.
+
+    With several processes (strategy ddp) every process trains its shard; only global rank 0 writes
+    checkpoints and gets a result, the others get None.
     """
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    use_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
-    data = PumpcastDataModule(cfg)
+    rt = cfg.runtime
+    pl.seed_everything(cfg.data.seed, workers=True, verbose=False)
+    use_cuda = torch.cuda.is_available() and rt.accelerator in ("auto", "gpu", "cuda")
+    data = PumpcastDataModule(cfg, split, normalizer)
+    mcfg = model_config(cfg)
     module = ForecastModule(
-        cfg.model.to_dict(),
-        cfg.learning_rate,
-        cfg.weight_decay,
-        cfg.warmup_steps,
-        cfg.aux_weight,
-        cfg.pump_weight if cfg.model.pump_head else 0.0,
+        mcfg.to_dict(),
+        cfg.optim.learning_rate,
+        cfg.optim.weight_decay,
+        cfg.optim.warmup_steps,
+        cfg.optim.aux_weight,
+        cfg.pump.pump_weight if mcfg.pump_head else 0.0,
     )
-    ckpt_dir = Path(cfg.checkpoint_dir)
+    if init_weights is not None:
+        try:
+            module.model.load_state_dict(init_weights)
+        except RuntimeError as exc:
+            raise ConfigError(
+                "init_from: the model file's network does not fit this model config; use the same model "
+                f"settings (and pump_weight > 0 exactly when the file has a pump head) ({str(exc).splitlines()[0]})",
+                "init_from",
+            ) from exc
+    ckpt_dir = Path(rt.checkpoint_dir)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -426,151 +418,121 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Callback] | None = None) -> FitR
     # the latest epoch whatever its loss, so last.ckpt has a callback of its own.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     history = _History()
-    callbacks = [
-        checkpoint,
-        latest,
-        EarlyStopping("val_loss", patience=cfg.patience),
-        Throughput(),
-        _SamplerEpoch(data),
-        history,
-    ]
     trainer = pl.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
+        max_epochs=cfg.optim.epochs,
+        accelerator=rt.accelerator,
+        devices=rt.devices,
+        num_nodes=rt.num_nodes,
         strategy=_strategy(cfg),
         precision="bf16-mixed" if use_cuda else "32-true",
         gradient_clip_val=1.0,
         deterministic=not use_cuda,
-        callbacks=callbacks + list(extra_callbacks or []),
+        callbacks=[
+            checkpoint,
+            latest,
+            EarlyStopping("val_loss", patience=cfg.optim.patience),
+            Throughput(),
+            _SamplerEpoch(data),
+            history,
+            *(callbacks or []),
+        ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=rt.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         use_distributed_sampler=False,  # the data module shards by token itself
     )
     last = ckpt_dir / "last.ckpt"
-    if cfg.resume and not last.is_file():
-        raise PumpcastError(f"--resume: no checkpoint at {last}; train without --resume first")
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume else None)
+    if rt.resume and not last.is_file():
+        raise ConfigError(f"resume: no checkpoint at {last}; train without resume first", "resume")
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if rt.resume else None)
     if not trainer.is_global_zero:
         return None
 
     best_path = checkpoint.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    model = PumpcastTransformer(cfg.model)
+    model = PumpcastTransformer(mcfg)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    model.eval()
     best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
-    bundle = ModelBundle(
-        model=model,
-        normalizer=data.normalizer,
-        data_config={
-            "interval_ms": _interval(data.store),
-            "split_strategy": cfg.split_strategy,
-            "data_dir": str(cfg.data_dir),
-            "seed": cfg.seed,
-            "world_size": trainer.world_size,
-            "batch_size_per_process": cfg.batch_size,
-            "global_batch_size": cfg.batch_size * trainer.world_size,
-        },
-        metrics={"best_val_loss": best},
+    assert data.split is not None and data.normalizer is not None and data.train is not None
+    return Trained(
+        model.eval(),
+        data.normalizer,
+        data.split,
+        data.store,
+        best,
+        trainer.current_epoch,
+        trainer.world_size,
+        len(data.train),
+        history.rows,
     )
-    if cfg.model.pump_head:
-        bundle.pump = calibrate_pump_head(bundle, data.store, data.split.ranges["val"], cfg.max_false_alarms_per_day)
-    bundle.rollout_damping = Forecaster(bundle).fit_damping(data.store, data.split.ranges["val"])
-    model_path = save_model_file(bundle, cfg.save_model) if cfg.save_model else None
-    return FitResult(bundle, data, best, trainer.current_epoch, model_path, history.rows)
 
 
-class _SamplerEpoch(Callback):
-    """Tells the shard samplers which epoch starts (Lightning only does so for samplers it made itself)."""
-
-    def __init__(self, data: PumpcastDataModule):
-        self.data = data
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for sampler in self.data.samplers.values():
-            sampler.set_epoch(trainer.current_epoch)
-
-
-def _interval(store: TokenDataManager) -> int:
-    tokens = store.metadata()["tokens"]
-    return int(next(iter(tokens.values()))["interval_ms"]) if tokens else 60_000
-
-
-def load_split_file(path: str, lengths: dict[int, int]) -> Split:
-    """A split_info.json written earlier (or by hand), checked against the store's tokens."""
-    import json
-
-    try:
-        split = Split.from_json(json.loads(Path(path).read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PumpcastError(f"{path}: not a readable split_info.json ({exc})") from exc
-    for name, ranges in split.ranges.items():
-        for t, (a, b) in ranges.items():
-            if t not in lengths or not 0 <= a <= b <= lengths[t]:
-                raise PumpcastError(f"{path}: {name} range {a}-{b} of token {t} does not fit the store")
-    return split
+def package(trained: Trained, cfg: TrainConfig) -> ModelBundle:
+    """The model file's contents from a trained network (calibration still to come)."""
+    tokens = trained.store.metadata()["tokens"]
+    return ModelBundle(
+        model=trained.model,
+        normalizer=trained.normalizer,
+        data=DataInfo(
+            interval_ms=int(next(iter(tokens.values()))["interval_ms"]) if tokens else 60_000,
+            split_strategy=trained.split.strategy,
+            data_dir=str(cfg.data.data_dir),
+            seed=cfg.data.seed,
+            world_size=trained.world_size,
+            batch_size_per_process=cfg.optim.batch_size,
+            global_batch_size=cfg.optim.batch_size * trained.world_size,
+        ),
+        metrics={"best_val_loss": trained.best_val_loss},
+    )
 
 
-def calibrate_pump_head(
+def calibrate(
     bundle: ModelBundle,
     store: TokenDataManager,
     val_ranges: dict[int, tuple[int, int]],
     max_false_alarms_per_day: float,
-) -> dict[str, Any]:
-    """On validation data only: Platt-scale the pump head, choose which output raises alarms ("now" or "any",
-    by validation recall within the false-alarm budget, then fewer false alarms), and choose the alarm
-    thresholds of the model and of the baselines to the budget. Everything evaluate and detect use later
-    comes from here."""
-    from pumpcast.evaluation import score_ranges
-    from pumpcast.pumps import TokenScores, calibrated, choose_threshold, event_metrics, fit_platt
+) -> ModelBundle:
+    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head) and
+    the rollout damping."""
+    pump = calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day) if bundle.config.pump_head else None
+    bundle = replace(bundle, pump=pump)
+    return replace(bundle, rollout_damping=Forecaster(bundle).fit_damping(store, val_ranges))
 
-    K = bundle.config.pump_horizon
-    scored = score_ranges(Forecaster(bundle), store, val_ranges)
-    if not scored:
-        return {
-            "horizon": K,
-            "calibration": [[1.0, 0.0]] * 3,
-            "threshold": float("inf"),
-            "max_false_alarms_per_day": max_false_alarms_per_day,
-            "baseline_thresholds": {},
-            "note": "no validation token with known events: uncalibrated, no alarms",
-        }
-    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
-    logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
-    labels = [pump_labels(len(r.token.features), r.token.events, K)[k] for r, k in zip(scored, keep, strict=True)]
-    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
-    calibration = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(3)]
-    choices = []
-    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
-        k = PUMP_TARGETS.index(output)
-        its = [
-            TokenScores(r.token.token_id, calibrated(r.logits, calibration)[:, k], r.token.events, r.steps_per_day)
-            for r in scored
-        ]
-        th = choose_threshold(its, K, max_false_alarms_per_day)
-        m = event_metrics(its, th, K)
-        choices.append((-np.nan_to_num(m["recall"]), m["false_alarms_per_day"], output, th, m))
-    _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
-    baseline_thresholds = {
-        name: choose_threshold(
-            [TokenScores(r.token.token_id, r.baselines[name], r.token.events, r.steps_per_day) for r in scored],
-            K,
-            max_false_alarms_per_day,
-        )
-        for name in scored[0].baselines
-    }
-    return {
-        "horizon": K,
-        "calibration": calibration,
-        "alarm_output": alarm_output,
-        "threshold": threshold,
-        "max_false_alarms_per_day": max_false_alarms_per_day,
-        "baseline_thresholds": baseline_thresholds,
-        "val_metrics": val_metrics,
-    }
+
+@dataclass
+class FitResult:
+    bundle: ModelBundle
+    trained: Trained
+    model_path: Path | None
+
+
+def fit(cfg: TrainConfig, tracker: Tracker | None = None, callbacks: list[Callback] | None = None) -> FitResult | None:
+    """Train, calibrate and package a model, and save it to cfg.runtime.save_model (if set). With
+    cfg.runtime.init_from, the weights and the normaliser start from that model file (fine-tuning).
+
+    With a tracker, the run's settings, per-epoch metrics and the model file go into its active run. In a
+    data-parallel run, processes other than global rank 0 get None.
+    """
+    normalizer, weights = None, None
+    if cfg.runtime.init_from:
+        start = load_model_file(cfg.runtime.init_from)
+        normalizer, weights = start.normalizer, start.model.state_dict()
+    if tracker is not None:
+        tracker.log_params(flat_values(cfg.sections()))
+        callbacks = [*(callbacks or []), MLflowEpochLogger(tracker)]
+    trained = train(cfg, normalizer=normalizer, init_weights=weights, callbacks=callbacks)
+    if trained is None:
+        return None
+    bundle = calibrate(
+        package(trained, cfg), trained.store, trained.split.ranges["val"], cfg.pump.max_false_alarms_per_day
+    )
+    path = save_model_file(bundle, cfg.runtime.save_model) if cfg.runtime.save_model else None
+    if tracker is not None:
+        tracker.log_metrics({"best_val_loss": trained.best_val_loss, "epochs_run": trained.epochs_run})
+        tracker.log_params({"data.train_windows_rank0": trained.train_windows, "data.world_size": trained.world_size})
+        if path:
+            tracker.log_artifact(path)
+    return FitResult(bundle, trained, path)

@@ -5,7 +5,6 @@ worker processes (on one machine or many) sharing one study through its storage.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing as mp
@@ -16,10 +15,14 @@ from typing import Any
 
 import optuna
 
-from pumpcast.schema import PumpcastError
-from pumpcast.store import atomic_write_json
+from pumpcast.config import TrackingConfig, TrainConfig, TuneConfig, replace_train, to_dict
+from pumpcast.files import atomic_write_json
+from pumpcast.schema import ConfigError, PumpcastError
+from pumpcast.simulator import ensure_store
+from pumpcast.tracking import MLflowEpochLogger, Tracker
 
 #: Search space: a list is a categorical choice; {"low", "high"[, "log"]} a range (int when both are ints).
+#: Keys are settings' flat names (as flags, with _ for -) or section.field paths.
 #: Every embedding size is a multiple of 8, so every head count divides it.
 DEFAULT_SPACE: dict[str, Any] = {
     "embed_size": [32, 64, 128],
@@ -42,15 +45,18 @@ def load_space(path: str | None) -> dict[str, Any]:
         try:
             override = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise PumpcastError(f"{path}: unreadable search space ({exc}); see DEFAULT_SPACE in tuning.py") from exc
-        unknown = set(override) - set(DEFAULT_SPACE)
-        if unknown:
-            raise PumpcastError(
-                f"{path}: unknown search-space entries {sorted(unknown)}; known: {sorted(DEFAULT_SPACE)}"
-            )
+            raise ConfigError(
+                f"{path}: unreadable search space ({exc}); see DEFAULT_SPACE in tuning.py", "space"
+            ) from exc
+        if not isinstance(override, dict):
+            raise ConfigError(f"{path}: a search space is one JSON object; see DEFAULT_SPACE in tuning.py", "space")
         space.update(override)
-    if any(e % h for e in _choices(space["embed_size"]) for h in _choices(space["nhead"])):
-        raise PumpcastError("search space: every embed_size must be divisible by every nhead choice")
+    for name, entry in space.items():
+        if not (isinstance(entry, list) and entry) and not (isinstance(entry, dict) and {"low", "high"} <= set(entry)):
+            raise ConfigError(f"search space entry {name!r}: a list of choices or {{low, high[, log]}}", "space")
+    embed, heads = space.get("embed_size", [64]), space.get("nhead", [4])
+    if any(e % h for e in _choices(embed) for h in _choices(heads)):
+        raise ConfigError("search space: every embed_size must be divisible by every nhead choice", "space")
     return space
 
 
@@ -59,7 +65,7 @@ def _choices(entry: Any) -> list:
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
-    """Trial parameters from the space, keyed like the command-line flags' destinations."""
+    """Trial parameters from the space, keyed as the space is."""
     params = {}
     for name, entry in space.items():
         if isinstance(entry, list):
@@ -77,109 +83,136 @@ def storage_for(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def _objective(args: argparse.Namespace, space: dict[str, Any], parent_run_id: str | None):
+def _objective(
+    base: TrainConfig, space: dict[str, Any], study: TuneConfig, tracking: TrackingConfig, parent: str | None
+):
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from pumpcast.tracking import MLflowEpochLogger, Tracker
-    from pumpcast.trainer_cli import train_config
+    from pumpcast.training import fit
 
-    tracker = Tracker(args.tracking_uri, args.experiment_name, enabled=not args.no_mlflow)
+    tracker = Tracker(tracking)
 
     def objective(trial: optuna.Trial) -> float:
-        from pumpcast.training import fit
-
         params = suggest(trial, space)
-        trial_args = argparse.Namespace(**(vars(args) | params))
-        cfg = replace(
-            train_config(trial_args),
-            save_model=None,
-            resume=False,
-            progress_bar=False,
-            write_store_files=False,
-            checkpoint_dir=str(Path(args.checkpoint_dir) / f"trial_{trial.number}"),
-        )
+        cfg = trial_config(base, params, trial.number)
         with tracker.run(
             f"trial {trial.number}",
-            parent_run_id=parent_run_id,
-            tags={"optuna.study": args.study_name, "optuna.trial": str(trial.number)},
+            parent_run_id=parent,
+            tags={"optuna.study": study.study_name, "optuna.trial": str(trial.number)},
         ):
             tracker.log_params(params)
             pruning = PyTorchLightningPruningCallback(trial, monitor="val_loss")
             try:
-                result = fit(cfg, extra_callbacks=[pruning, MLflowEpochLogger(tracker)])
+                result = fit(cfg, callbacks=[pruning, MLflowEpochLogger(tracker)])
             except optuna.TrialPruned:
                 tracker.set_tags({"optuna.state": "PRUNED"})
                 raise
-            tracker.log_metrics({"best_val_loss": result.best_val_loss})
+            assert result is not None  # trials run in one process each
+            tracker.log_metrics({"best_val_loss": result.trained.best_val_loss})
             tracker.set_tags({"optuna.state": "COMPLETE"})
-            return result.best_val_loss
+            return result.trained.best_val_loss
 
     return objective
 
 
+def trial_config(base: TrainConfig, params: dict[str, Any], number: int) -> TrainConfig:
+    """A trial's training config: the base with the trial's parameters, writing no model file, no store
+    files and checkpoints of its own."""
+    cfg = replace_train(base, params, "search space")
+    runtime = replace(
+        cfg.runtime,
+        save_model=None,
+        resume=False,
+        progress_bar=False,
+        write_store_files=False,
+        checkpoint_dir=str(Path(base.runtime.checkpoint_dir) / f"trial_{number}"),
+    )
+    return replace(cfg, runtime=runtime)
+
+
 def _worker(
-    args: argparse.Namespace, space: dict[str, Any], n_trials: int, parent_run_id: str | None, threads: int
+    base: TrainConfig,
+    space: dict[str, Any],
+    study: TuneConfig,
+    tracking: TrackingConfig,
+    n_trials: int,
+    parent: str | None,
+    threads: int,
+    verbose: bool,
 ) -> None:
     """One worker process: runs n_trials of the shared study."""
     import torch
 
     from pumpcast.training import quiet_lightning
 
-    if not getattr(args, "verbose", False):
+    if not verbose:
         quiet_lightning()
     torch.set_num_threads(threads)
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=args.study_name, storage=storage_for(args.storage))
-    study.optimize(
-        _objective(args, space, parent_run_id), n_trials=n_trials, timeout=args.timeout, catch=(PumpcastError,)
+    shared = optuna.load_study(study_name=study.study_name, storage=storage_for(study.storage))
+    shared.optimize(
+        _objective(base, space, study, tracking, parent),
+        n_trials=n_trials,
+        timeout=study.timeout,
+        catch=(PumpcastError,),
     )
 
 
-def tune(args: argparse.Namespace, tracker) -> dict[str, Any]:
-    """Run args.n_trials trials of the study over args.workers processes; write and return the best params.
+def tune(
+    base: TrainConfig,
+    study: TuneConfig | None = None,
+    space: dict[str, Any] | None = None,
+    tracking: TrackingConfig | None = None,
+    verbose: bool = False,
+) -> TrainConfig:
+    """Run study.n_trials trials over study.workers processes; return the best trial's whole training config
+    (also written to study.best_config for `pumpcast train --config`).
 
-    Each worker runs its share of n_trials, so the study gains exactly n_trials trials (pruned and failed
-    ones included). On several machines, run the same command on each with a shared --storage: each adds
-    its own --n-trials.
+    space: the search space (default: DEFAULT_SPACE updated by the JSON file study.space). Each worker runs
+    its share of n_trials, so the study gains exactly n_trials trials (pruned and failed ones included). On
+    several machines, run the same on each with a shared study.storage: each adds its own n_trials.
     """
-    space = load_space(args.space)
-    if args.strategy == "ddp":
-        raise PumpcastError("tuning trials run in one process each: drop --strategy ddp (use --workers)")
-    # The store is prepared once, before the workers start, so no two trials generate data at once.
-    from pumpcast.simulator import generate_to_store
-    from pumpcast.store import TokenDataManager
-
-    if len(TokenDataManager(args.data_dir)) == 0:
-        generate_to_store(args.data_dir, args.num_tokens, args.timesteps, args.seed)
-    sampler = optuna.samplers.TPESampler(seed=args.seed)
+    study = study or TuneConfig()
+    tracking = tracking or TrackingConfig(enabled=False)
+    space = space if space is not None else load_space(study.space)
+    if base.runtime.strategy == "ddp":
+        raise ConfigError(
+            "tuning trials run in one process each: use strategy auto (and workers for parallelism)", "strategy"
+        )
+    for name in space:  # a space entry that names no setting fails here, not in every trial
+        entry = space[name]
+        replace_train(base, {name: entry[0] if isinstance(entry, list) else entry["low"]}, "search space")
+    ensure_store(base.data)  # once, before the workers start, so no two trials generate data at once
+    sampler = optuna.samplers.TPESampler(seed=base.data.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     optuna.create_study(
-        study_name=args.study_name,
-        storage=storage_for(args.storage),
+        study_name=study.study_name,
+        storage=storage_for(study.storage),
         direction="minimize",
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )
-    workers = max(1, args.workers)
-    shares = [args.n_trials // workers + (i < args.n_trials % workers) for i in range(workers)]
+    workers = study.workers
+    shares = [study.n_trials // workers + (i < study.n_trials % workers) for i in range(workers)]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with tracker.run(f"tune {args.study_name}", tags={"pumpcast.command": "tune"}) as parent:
+    tracker = Tracker(tracking)
+    with tracker.run(f"tune {study.study_name}", tags={"pumpcast.command": "tune"}) as parent:
         tracker.log_params(
             {
-                "n_trials": args.n_trials,
+                "n_trials": study.n_trials,
                 "workers": workers,
-                "storage": args.storage,
-                "study_name": args.study_name,
+                "storage": study.storage,
+                "study_name": study.study_name,
                 "space": json.dumps(space),
             }
         )
+        args = (base, space, study, tracking)
         if workers == 1:
-            _worker(args, space, shares[0], parent.run_id, threads)
+            _worker(*args, shares[0], parent.run_id, threads, verbose)
         else:
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker, args=(args, space, n, parent.run_id, threads)) for n in shares if n]
+            procs = [ctx.Process(target=_worker, args=(*args, n, parent.run_id, threads, verbose)) for n in shares if n]
             for p in procs:
                 p.start()
             for p in procs:
@@ -187,62 +220,36 @@ def tune(args: argparse.Namespace, tracker) -> dict[str, Any]:
             failed = [p.exitcode for p in procs if p.exitcode != 0]
             if failed:
                 raise PumpcastError(f"{len(failed)} tuning worker(s) failed (exit codes {failed}); see their output")
-        study = optuna.load_study(study_name=args.study_name, storage=storage_for(args.storage))
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        done = optuna.load_study(study_name=study.study_name, storage=storage_for(study.storage))
+        complete = [t for t in done.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
-            raise PumpcastError(f"study {args.study_name!r} has no completed trial yet; run more trials")
-        best = study.best_trial
-        tracker.log_metrics({"best_val_loss": best.value, "trials": len(study.trials)})
+            raise PumpcastError(f"study {study.study_name!r} has no completed trial yet; run more trials")
+        best = done.best_trial
+        best_cfg = replace_train(base, best.params, "best trial")
+        tracker.log_metrics({"best_val_loss": best.value, "trials": len(done.trials)})
         tracker.log_params({f"best.{k}": v for k, v in best.params.items()})
-        atomic_write_json(Path(args.best_config), best.params)
-        tracker.log_artifact(args.best_config)
+        atomic_write_json(Path(study.best_config), to_dict(best_cfg.sections()))
+        tracker.log_artifact(study.best_config)
     print(
-        f"study {args.study_name!r}: {len(study.trials)} trials, best #{best.number} val_loss {best.value:.4f}; "
-        f"params written to {args.best_config} (use: pumpcast train --config {args.best_config})"
+        f"study {study.study_name!r}: {len(done.trials)} trials, best #{best.number} val_loss {best.value:.4f} "
+        f"with {json.dumps(best.params)}; its whole training config is in {study.best_config} "
+        f"(use: pumpcast train --config {study.best_config})"
     )
-    return dict(best.params)
+    return best_cfg
 
 
-def show(args: argparse.Namespace, top: int = 10) -> str:
+def show(study: TuneConfig, top: int = 10) -> str:
     """The best trials of a study as a text table."""
     try:
-        study = optuna.load_study(study_name=args.study_name, storage=storage_for(args.storage))
+        loaded = optuna.load_study(study_name=study.study_name, storage=storage_for(study.storage))
     except KeyError as exc:
-        raise PumpcastError(f"no study {args.study_name!r} in {args.storage}") from exc
-    done = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+        raise PumpcastError(f"no study {study.study_name!r} in {study.storage}") from exc
+    done = [t for t in loaded.trials if t.value is not None and math.isfinite(t.value)]
     done.sort(key=lambda t: t.value)
     states: dict[str, int] = {}
-    for t in study.trials:
+    for t in loaded.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    lines = [f"study {args.study_name!r} in {args.storage}: {len(study.trials)} trials {states}"]
+    lines = [f"study {study.study_name!r} in {study.storage}: {len(loaded.trials)} trials {states}"]
     for t in done[:top]:
         lines.append(f"  #{t.number:<4d} val_loss {t.value:.4f}  {json.dumps(t.params)}")
     return "\n".join(lines)
-
-
-def add_tune_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("tuning (Optuna)")
-    g.add_argument("--n-trials", type=int, default=20, help="trials this command adds to the study (default 20)")
-    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    g.add_argument("--study-name", default="pumpcast")
-    g.add_argument(
-        "--storage",
-        default=DEFAULT_STORAGE,
-        help="Optuna storage URL (default sqlite:///optuna.db; "
-        "any RDB URL, e.g. postgresql://..., shares one study across machines)",
-    )
-    g.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    g.add_argument("--space", help="JSON file replacing entries of the default search space")
-    g.add_argument(
-        "--best-config",
-        default="best_params.json",
-        help="where the best params go (default best_params.json; `pumpcast train --config FILE` reads it)",
-    )
-
-
-def add_config_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        help="JSON of flag values (e.g. the best_params.json of `pumpcast tune`); flags given on the command line win",
-    )
-    p.set_defaults(_parser=p)

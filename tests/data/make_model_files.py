@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from pumpcast.model import ModelConfig, PumpcastTransformer
-from pumpcast.modelfile import FORMAT_VERSION, ModelBundle, save_model_file
+from pumpcast.modelfile import FORMAT_VERSION, DataInfo, ModelBundle, save_model_file
+from pumpcast.pumps import PumpCalibration
 from pumpcast.windows import Normalizer
 
 HERE = Path(__file__).parent
@@ -25,6 +26,7 @@ def history() -> np.ndarray:
 
 
 def main() -> None:
+    from pumpcast.detection import PumpDetector
     from pumpcast.forecasting import Forecaster
 
     path = HERE / f"model_v{FORMAT_VERSION}.pth"
@@ -44,24 +46,24 @@ def main() -> None:
         pump_head=True,
         pump_horizon=5,
     )
-    pump = {
-        "horizon": 5,
-        "calibration": [[1.0, -2.0], [0.5, 0.0], [1.0, -1.0]],
-        "threshold": 0.5,
-        "max_false_alarms_per_day": 1.0,
-        "baseline_thresholds": {"volume_z": 3.0, "buys_z": 3.0},
-    }
+    pump = PumpCalibration(
+        horizon=5,
+        calibration=[[1.0, -2.0], [0.5, 0.0], [1.0, -1.0]],
+        threshold=0.5,
+        max_false_alarms_per_day=1.0,
+        baseline_thresholds={"volume_z": 3.0, "buys_z": 3.0},
+    )
     bundle = ModelBundle(
         PumpcastTransformer(config).eval(),
         Normalizer(np.full(6, 0.01), np.full(6, 0.5)),
-        data_config={"interval_ms": 60_000},
+        data=DataInfo(interval_ms=60_000),
         metrics={"best_val_loss": 0.0},
         pump=pump,
     )
     save_model_file(bundle, path)
     forecaster = Forecaster.load(path)
     np.save(HERE / f"model_v{FORMAT_VERSION}_forecast.npy", forecaster.rollout(history(), 10))
-    np.save(HERE / f"model_v{FORMAT_VERSION}_pump.npy", forecaster.pump_probability(history()[0]))
+    np.save(HERE / f"model_v{FORMAT_VERSION}_pump.npy", PumpDetector.load(path).score(history()[0]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""Command line: `pumpcast COMMAND` and the seed-compatible `python pump_trainer.py`.
+
+Each command parses its flags, turns them into config objects once (cli.flags), calls the Python API
+(cli.commands) and prints. Heavy libraries are imported by the commands, not here, so `--help` is quick.
+No library module imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pumpcast.cli import commands
+from pumpcast.cli.flags import add_config_flag, add_settings, flag_message
+from pumpcast.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PumpConfig,
+    RuntimeConfig,
+    TestConfig,
+    TrackingConfig,
+    TuneConfig,
+)
+from pumpcast.schema import ConfigError, PumpcastError
+
+DESCRIPTION = "Forecast crypto token markets and their pumps (research tool, not financial advice)."
+TRAIN_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "pump": PumpConfig,
+    "runtime": RuntimeConfig,
+}
+TITLES = {
+    "data": "data",
+    "model": "model",
+    "optim": "training",
+    "pump": "pump head",
+    "runtime": "runtime",
+    "tracking": "tracking (MLflow)",
+    "test": "testing",
+    "tune": "tuning (Optuna)",
+}
+
+
+def _settings(p: argparse.ArgumentParser, sections: dict[str, type], config_flag: bool = True) -> None:
+    """Flags of the given sections, the --config flag, and the sections recorded for to_config."""
+    for name, cls in sections.items():
+        add_settings(p, cls, TITLES[name])
+    if config_flag:
+        add_config_flag(p)
+    p.set_defaults(sections=sections)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pumpcast",
+        description=DESCRIPTION + " `pumpcast COMMAND --help` lists a command's flags.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+        p.set_defaults(func=func, sections={})
+        return p
+
+    p = command("generate", "simulate synthetic token markets into a store", commands.generate)
+    add_settings(p, DataConfig, "data", only=("data_dir", "num_tokens", "timesteps", "seed", "interval"))
+    p.set_defaults(sections={"data": DataConfig})
+
+    p = command("ingest", "turn trade lists or OHLCV candles into bars in a store", commands.ingest)
+    p.add_argument("kind", choices=("trades", "candles"))
+    p.add_argument("files", nargs="+", help="CSV, CSV.gz or Parquet files")
+    p.add_argument("--events", help="CSV of known event times (symbol, time[, type, end])")
+    p.add_argument("--symbol", help="pair name when the file has no symbol column")
+    p.add_argument("--key", help="store key (address) for a single-file ingest")
+    for col in commands.COLUMN_FLAGS:
+        p.add_argument(f"--{col}-col", help=f"name of the {col} column")
+    add_settings(p, DataConfig, "data", only=("data_dir", "interval"))
+    p.set_defaults(sections={"data": DataConfig})
+
+    p = command("export", "write one stored token's bars (and events) as CSV", commands.export)
+    p.add_argument("--token-id", type=int, required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--events-output")
+    add_settings(p, DataConfig, "data", only=("data_dir",))
+    p.set_defaults(sections={"data": DataConfig})
+
+    p = command("plot", "img/token_X/features.png and correlations.png for stored tokens", commands.plot)
+    p.add_argument("--token-id", type=int, default=0, help="token to draw (default: 0)")
+    p.add_argument("--token-range", help="A-B, inclusive")
+    p.add_argument("--output-dir", default=".", help="where img/ goes (default: .)")
+    add_settings(p, DataConfig, "data", only=("data_dir",))
+    p.set_defaults(sections={"data": DataConfig})
+
+    p = command("train", "train a forecaster on a store (synthetic data is made if it is empty)", commands.train)
+    _settings(p, TRAIN_SECTIONS | {"tracking": TrackingConfig})
+
+    p = command("tune", "search hyperparameters with Optuna (several workers may share one study)", commands.tune)
+    p.add_argument("--show", action="store_true", help="print the study's best trials and exit")
+    _settings(p, TRAIN_SECTIONS | {"tune": TuneConfig, "tracking": TrackingConfig})
+
+    p = command("test", "forecast test parts with a saved model: metrics vs persistence, plots", commands.test)
+    _settings(p, {"data": DataConfig, "test": TestConfig, "tracking": TrackingConfig})
+
+    p = command(
+        "evaluate", "report on the test part: forecasts vs baselines, pump events vs baselines", commands.evaluate
+    )
+    p.add_argument("--load-model", required=True, metavar="MODEL", help="model file to evaluate")
+    p.add_argument(
+        "--output-dir", default="reports", help="where report.md, report.json and img/ go (default: reports)"
+    )
+    p.add_argument("--steps", type=int, default=100, help="forecast steps from each origin (default: 100)")
+    p.add_argument("--origin-every", type=int, default=200, help="steps between forecast origins (default: 200)")
+    add_settings(p, DataConfig, "data", only=("data_dir", "split_file"))
+    add_settings(p, TrackingConfig, TITLES["tracking"], only=("tracking_uri", "experiment_name", "enabled"))
+    p.set_defaults(sections={"data": DataConfig, "tracking": TrackingConfig})
+
+    p = command("detect", "walk through a history bar by bar and print each pump alarm", commands.detect)
+    p.add_argument("--load-model", required=True, metavar="MODEL", help="model file with a pump head")
+    p.add_argument("--input", required=True, help="history CSV (as `pumpcast export` writes it)")
+    p.add_argument("--threshold", type=float, help="alarm threshold (default: the one chosen on validation)")
+    p.add_argument("--output", help="also write every step's probability and alarms to this CSV")
+
+    p = command("predict", "forecast new histories (CSV as `pumpcast export` writes them)", commands.predict)
+    p.add_argument("--load-model", required=True, metavar="MODEL", help="model file")
+    p.add_argument("--input", required=True, help="a history CSV, or a folder of them (batched together)")
+    p.add_argument("--steps", type=int, required=True, help="steps to forecast")
+    p.add_argument("--output", required=True, help="forecast CSV, or a folder when --input is a folder")
+    add_settings(p, TestConfig, TITLES["test"], only=("rollout_damping",))
+    p.set_defaults(sections={"test": TestConfig})
+    return parser
+
+
+def build_trainer_parser() -> argparse.ArgumentParser:
+    """The seed script's command line: every seed flag, plus the rest of training, testing and tuning."""
+    p = argparse.ArgumentParser(
+        prog="pump_trainer.py",
+        description="Train and test the pumpcast forecaster (research tool, not financial advice).",
+        allow_abbrev=False,
+    )
+    p.add_argument("--test-mode", action="store_true", help="test a saved model (--load-model) only")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="tune hyperparameters with Optuna first, then train the final model with the best trial's",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    _settings(p, TRAIN_SECTIONS | {"test": TestConfig, "tracking": TrackingConfig, "tune": TuneConfig})
+    p.set_defaults(func=commands.pump_trainer)
+    return p
+
+
+def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    """Parse and run; a PumpcastError becomes one line on stderr and exit status 2."""
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not verbose and "optim" in args.sections:  # training commands: our output, not framework chatter
+        from pumpcast.training import quiet_lightning
+
+        quiet_lightning()
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"error: {flag_message(exc, args.sections.values())}", file=sys.stderr)
+        return 2
+    except PumpcastError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, build_parser())
+
+
+def pump_trainer_main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, build_trainer_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Pump detection with a trained model: scores, alarms and their calibration, in one place.
+
+`PumpDetector` turns bars into the calibrated probability that a pump is starting or under way, and that
+probability into alarms at the threshold chosen on validation data. It scores a whole history at once
+(`score`) or bars as they arrive (`update`), through the same window code, so a live feed raises exactly the
+alarms a replay of the same bars raises. The probability at bar t comes from the seq_len bars that end at t:
+nothing after t is read.
+
+`calibrate` makes the `PumpCalibration` a model file keeps (Platt scaling, alarm output, thresholds of the
+model and of the baselines), from validation ranges only. `score_ranges` is where calibration and evaluation
+both start: the model's logits and the baselines' scores over given ranges of stored tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.pumps import (
+    BASELINES,
+    PUMP_TARGETS,
+    PumpCalibration,
+    TokenScores,
+    alarm_onsets,
+    calibrated,
+    choose_threshold,
+    event_metrics,
+    fit_platt,
+    pump_labels,
+)
+from pumpcast.schema import FEATURES, DataError, ModelFileError, TokenSeries
+from pumpcast.store import TokenDataManager
+from pumpcast.windows import relative, to_base
+
+#: The network scores windows in batches of exactly this many. Matrix kernels round differently for different
+#: batch sizes, so with a fixed size a window's probability is the same bits whether it is scored alone (a
+#: live bar, padded with copies of itself) or among others (a replay of a whole history).
+SCORE_ROWS = 16
+
+
+def pump_logits(bundle: ModelBundle, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Raw pump logits (T, 3) of one token's raw features (T, 6): row t from the window that ends at step t,
+    for t in [lo, hi); NaN elsewhere and where no full window exists yet."""
+    n, L = features.shape[0], bundle.config.seq_len
+    out = np.full((n, len(PUMP_TARGETS)), np.nan)
+    ends = np.arange(max(lo, L - 1), n if hi is None else min(hi, n))
+    base = to_base(features)
+    for i in range(0, ends.size, 32 * SCORE_ROWS):  # bounded memory: a few hundred windows at a time
+        chunk = ends[i : i + 32 * SCORE_ROWS]
+        out[chunk] = window_logits(bundle, base[chunk[:, None] - L + 1 + np.arange(L)])
+    return out
+
+
+@torch.inference_mode()
+def window_logits(bundle: ModelBundle, base_windows: np.ndarray) -> np.ndarray:
+    """Base values of windows (b, L, 6) -> raw pump logits (b, 3): the one place the network is asked, always
+    SCORE_ROWS windows at a time."""
+    L, b = bundle.config.seq_len, base_windows.shape[0]
+    rel, _ = relative(base_windows, L)
+    z, mask = bundle.normalizer.normalize(rel, L)
+    pad = -b % SCORE_ROWS  # fill the last batch with copies of the last window
+    z = np.concatenate([z, np.repeat(z[-1:], pad, axis=0)])
+    mask = np.concatenate([mask, np.repeat(mask[-1:], pad, axis=0)])
+    device = next(bundle.model.parameters()).device
+    out = []
+    for i in range(0, z.shape[0], SCORE_ROWS):
+        zi = torch.from_numpy(z[i : i + SCORE_ROWS]).to(device)
+        _, logits = bundle.model(zi, torch.from_numpy(mask[i : i + SCORE_ROWS]).to(device))
+        out.append(logits.float().cpu().numpy())
+    return np.concatenate(out)[:b]
+
+
+class Detection(NamedTuple):
+    """One bar's result: the calibrated pump probability (NaN until seq_len bars are known) and whether an
+    alarm begins at this bar (the first bar of a run at or above the threshold)."""
+
+    probability: float
+    alarm: bool
+
+
+class PumpDetector:
+    """Pump probabilities and alarms of a model with a calibrated pump head.
+
+    `PumpDetector.load("model_v2.pth").score(features)` for a history (T, 6); `update(bar)` for bars that
+    arrive one at a time (it keeps the last seq_len bars and whether the alarm is raised).
+    """
+
+    def __init__(self, bundle: ModelBundle, threshold: float | None = None, device: str | torch.device = "cpu"):
+        if not bundle.has_pump_head:
+            raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
+        assert bundle.pump is not None
+        self.bundle = bundle
+        self.calibration: PumpCalibration = bundle.pump
+        self.threshold = self.calibration.threshold if threshold is None else float(threshold)
+        bundle.model.to(torch.device(device)).eval()
+        self.seq_len = bundle.config.seq_len
+        self.reset()
+
+    @classmethod
+    def load(cls, path: str | Path, threshold: float | None = None, device: str | torch.device = "cpu"):
+        return cls(load_model_file(path), threshold, device)
+
+    # ------------------------------------------------------------------ whole histories
+    def logits(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Raw pump logits (T, 3) of a raw history (T, 6); see pump_logits."""
+        return pump_logits(self.bundle, features, lo, hi)
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        """Raw logits (T, 3) -> calibrated probability (T,) of the alarm output ("any": a pump starts within the
+        pump horizon or is under way; "now": one is under way; chosen on validation)."""
+        return self.calibration.probability(logits)
+
+    def score(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Calibrated pump probability (T,) of each step of a raw history (T, 6); NaN before seq_len steps."""
+        return self.probability(self.logits(features, lo, hi))
+
+    def alarms(self, probabilities: np.ndarray) -> np.ndarray:
+        """Steps where an alarm begins: the first step of each run at or above the threshold."""
+        return alarm_onsets(np.nan_to_num(probabilities) >= self.threshold)
+
+    # ------------------------------------------------------------------ live bars
+    def reset(self) -> None:
+        """Forget the bars seen so far (a new token or a gap in the feed)."""
+        self._window = np.full((self.seq_len, len(FEATURES)), np.nan)
+        self._seen = 0
+        self._alarmed = False
+
+    def update(self, bar: np.ndarray) -> Detection:
+        """Take the newest closed bar (the six features, NaN where absent) and score the window it ends."""
+        bar = np.asarray(bar, dtype=np.float64).reshape(-1)
+        if bar.shape != (len(FEATURES),):
+            raise DataError(f"a bar has {len(FEATURES)} features ({', '.join(FEATURES)}), got {bar.shape[0]}")
+        if not (np.isfinite(bar[0]) and bar[0] > 0):
+            raise DataError(f"bar {self._seen}: price {bar[0]!r} is not a positive number")
+        self._window = np.concatenate([self._window[1:], bar[None]])
+        self._seen += 1
+        if self._seen < self.seq_len:
+            p = float("nan")
+        else:
+            p = float(self.probability(window_logits(self.bundle, to_base(self._window)[None]))[0])
+        alarmed = bool(np.nan_to_num(p) >= self.threshold)
+        onset = alarmed and not self._alarmed
+        self._alarmed = alarmed
+        return Detection(p, onset)
+
+
+# ---------------------------------------------------------------------- scoring stored ranges
+
+
+@dataclass
+class RangeScores:
+    """One token scored over a range: raw pump logits (T, 3) and baseline scores (T,), NaN outside the range
+    and where no full window exists yet."""
+
+    token: TokenSeries
+    logits: np.ndarray
+    baselines: dict[str, np.ndarray]
+
+    @property
+    def steps_per_day(self) -> float:
+        return 86_400_000 / self.token.interval_ms
+
+
+def score_ranges(bundle: ModelBundle, store: TokenDataManager, ranges: dict[int, tuple[int, int]]) -> list[RangeScores]:
+    """Model logits and baseline scores over each token's range; tokens whose events are unknown are left out
+    (nothing to score against). Calibration at training and evaluation both start from here."""
+    out = []
+    for t, (a, b) in sorted(ranges.items()):
+        tok = store.read(t)
+        if not tok.events_known or b <= a:
+            continue
+        logits = pump_logits(bundle, tok.features, a, b)
+        outside = ~np.isfinite(logits[:, 0])
+        baselines = {}
+        for name, score in BASELINES.items():
+            s = score(tok.features)
+            s[outside] = np.nan
+            baselines[name] = s
+        out.append(RangeScores(tok, logits, baselines))
+    return out
+
+
+def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str, list[TokenScores]]:
+    """Per-step scores for the event metrics: the model's calibrated alarm probability and each baseline."""
+    out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in BASELINES}}
+    for r in scored:
+        tok = r.token
+        out["model"].append(
+            TokenScores(tok.token_id, detector.probability(r.logits), tok.events, r.steps_per_day, tok.source)
+        )
+        for name, s in r.baselines.items():
+            out[name].append(TokenScores(tok.token_id, s, tok.events, r.steps_per_day, tok.source))
+    return out
+
+
+def calibrate(
+    bundle: ModelBundle,
+    store: TokenDataManager,
+    val_ranges: dict[int, tuple[int, int]],
+    max_false_alarms_per_day: float,
+) -> PumpCalibration:
+    """On validation data only: Platt-scale the pump head, choose which output raises alarms ("now" or "any",
+    by validation recall within the false-alarm budget, then fewer false alarms), and choose the alarm
+    thresholds of the model and of the baselines to the budget. Everything evaluate and detect use later
+    comes from here."""
+    K = bundle.config.pump_horizon
+    scored = score_ranges(bundle, store, val_ranges)
+    if not scored:
+        return PumpCalibration(
+            horizon=K,
+            max_false_alarms_per_day=max_false_alarms_per_day,
+            note="no validation token with known events: uncalibrated, no alarms",
+        )
+    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
+    logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
+    labels = [pump_labels(len(r.token.features), r.token.events, K)[k] for r, k in zip(scored, keep, strict=True)]
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
+    choices = []
+    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
+        k = PUMP_TARGETS.index(output)
+        its = [
+            TokenScores(r.token.token_id, calibrated(r.logits, platt)[:, k], r.token.events, r.steps_per_day)
+            for r in scored
+        ]
+        th = choose_threshold(its, K, max_false_alarms_per_day)
+        m = event_metrics(its, th, K)
+        choices.append((-np.nan_to_num(m["recall"]), m["false_alarms_per_day"], output, th, m))
+    _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
+    baseline_thresholds = {
+        name: choose_threshold(
+            [TokenScores(r.token.token_id, r.baselines[name], r.token.events, r.steps_per_day) for r in scored],
+            K,
+            max_false_alarms_per_day,
+        )
+        for name in scored[0].baselines
+    }
+    return PumpCalibration(
+        horizon=K,
+        calibration=platt,
+        threshold=threshold,
+        max_false_alarms_per_day=max_false_alarms_per_day,
+        alarm_output=alarm_output,
+        baseline_thresholds=baseline_thresholds,
+        val_metrics=val_metrics,
+    )

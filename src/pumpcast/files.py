@@ -1,0 +1,56 @@
+"""Writing files so that a crash never leaves one half-written: a temporary name in the same folder, then an
+atomic rename. Every file pumpcast writes (store, model file, reports, forecasts, checkpoints' side files)
+goes through here."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any], suffix: str = "") -> None:
+    """Call write(tmp_path) and rename the result onto path, so path is either old or new, never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities become null (strict JSON readers reject them); NumPy values become Python ones."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write strict JSON atomically."""
+    atomic_write(Path(path), lambda p: p.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False)))
