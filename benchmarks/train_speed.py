@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from pumpcast.model import ModelConfig
+from pumpcast.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from pumpcast.simulator import generate_to_store
-from pumpcast.training import TrainConfig, fit
+from pumpcast.training import train
 
 
 def main() -> None:
@@ -34,22 +34,17 @@ def main() -> None:
         rows = {}
         for embedding in ("conv", "linear"):
             cfg = TrainConfig(
+                data=DataConfig(data_dir=f"{tmp}/data", window_stride=args.window_stride),
                 model=ModelConfig(seq_len=500, embedding=embedding, embed_size=64, num_layers=2),
-                data_dir=f"{tmp}/data",
-                epochs=args.epochs,
-                batch_size=64,
-                window_stride=args.window_stride,
-                checkpoint_dir=f"{tmp}/ckpt-{embedding}",
-                save_model=None,
-                progress_bar=False,
-                patience=100,
+                optim=OptimConfig(epochs=args.epochs, batch_size=64, patience=100),
+                runtime=RuntimeConfig(checkpoint_dir=f"{tmp}/ckpt-{embedding}", save_model=None, progress_bar=False),
             )
             t0 = time.perf_counter()
-            result = fit(cfg)
+            result = train(cfg)
             wall = time.perf_counter() - t0
             rates = [h["epoch_samples_per_s"] for h in result.history if "epoch_samples_per_s" in h]
             steady = rates[1:] or rates  # the first epoch pays for warm-up
-            rows[embedding] = (sum(steady) / len(steady), result.best_val_loss, wall, len(result.data.train))
+            rows[embedding] = (sum(steady) / len(steady), result.best_val_loss, wall, result.train_windows)
     for name, (rate, loss, wall, n) in rows.items():
         print(
             f"{name:>6}: {rate:8.1f} samples/s, best val loss {loss:.4f}, {wall:.0f} s for {args.epochs} "

@@ -217,9 +217,7 @@ def test_init_from_on_the_command_line(tmp_path):
 
 def test_tune_from_python_with_a_config(tmp_path):
     cfg = _tiny(tmp_path)
-    study = TuneConfig(
-        n_trials=2, storage=f"sqlite:///{tmp_path / 'o.db'}", best_config=str(tmp_path / "best.json")
-    )
+    study = TuneConfig(n_trials=2, storage=f"sqlite:///{tmp_path / 'o.db'}", best_config=str(tmp_path / "best.json"))
     best = pumpcast.tune(cfg, study, space={"nhead": [2, 4], "optim.learning_rate": {"low": 1e-4, "high": 1e-3}})
     assert isinstance(best, TrainConfig) and best.model.nhead in (2, 4) and best.data == cfg.data
     saved = json.loads((tmp_path / "best.json").read_text())

@@ -19,6 +19,7 @@ from pumpcast.config import TestConfig
 from pumpcast.detection import PumpDetector, event_scores, score_ranges
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster, origin_windows
+from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
 from pumpcast.pumps import event_metrics, pump_events
 from pumpcast.schema import PRICE, DataError, ModelFileError
 from pumpcast.splits import Split, parse_token_range
@@ -172,8 +173,6 @@ def evaluate_store(
     event metrics of the model vs the baselines (thresholds chosen on validation data when the model was
     trained, never here), per token and overall, and a picture around each event. Writes report.md,
     report.json and img/ under output_dir."""
-    from pumpcast.plots import plot_event
-
     out = Path(output_dir)
     if not forecaster.bundle.has_pump_head:
         raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
@@ -289,8 +288,6 @@ def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test
     """The seed's test mode: short and extended forecasts from the start of each selected token's test part,
     metrics beside persistence (printed), forecast plots, the split picture (show_data_splits), feature and
     correlation plots of the tokens, and predictions/metrics.json under test.output_dir."""
-    from pumpcast.plots import plot_correlations, plot_features, plot_forecasts, plot_splits
-
     out = Path(test.output_dir)
     if test.show_data_splits:
         path = plot_splits(split, store.lengths(), out / "img" / "data_splits.png")
@@ -340,16 +337,15 @@ def _cut(item: TokenForecast, n: int) -> TokenForecast:
     return replace(item, forecast=item.forecast[:n], actual=item.actual[:n])
 
 
-def _panel(item: TokenForecast, n: int) -> dict[str, Any]:
+def _panel(item: TokenForecast, n: int) -> ForecastPanel:
     """One token's forecast plot panel: recent history, forecast and actual path of price."""
     shown = min(item.history.shape[0], max(2 * n, 200))
-    start = item.origin - shown
-    return {
-        "token_id": item.token_id,
-        "history_t": np.arange(start, item.origin),
-        "history": item.history[-shown:, 0],
-        "forecast_t": np.arange(item.origin, item.origin + n),
-        "forecast": item.forecast[:n, 0],
-        "actual_t": np.arange(item.origin, item.origin + min(n, item.actual.shape[0])),
-        "actual": item.actual[:n, 0],
-    }
+    return ForecastPanel(
+        token_id=item.token_id,
+        history_t=np.arange(item.origin - shown, item.origin),
+        history=item.history[-shown:, PRICE],
+        forecast_t=np.arange(item.origin, item.origin + n),
+        forecast=item.forecast[:n, PRICE],
+        actual_t=np.arange(item.origin, item.origin + min(n, item.actual.shape[0])),
+        actual=item.actual[:n, PRICE],
+    )

@@ -21,6 +21,7 @@ from pumpcast.schema import (
     PRICE,
     SELLS,
     VOLUME,
+    ConfigError,
     DataError,
     Event,
     TokenSeries,
@@ -217,7 +218,8 @@ def trades_to_bars(
     cols = _resolve(df, path, TRADE_COLUMNS, columns or {}, required=("timestamp", "price"))
     if "amount" not in cols and "quote" not in cols:
         raise DataError(
-            f"{path}: needs a trade size: an amount column (--amount-col) or a quote volume column (--quote-col)"
+            f"{path}: needs a trade size: an amount column or a quote volume column (name them with columns "
+            "amount / quote; on the command line --amount-col / --quote-col)"
         )
     if df.empty:
         raise DataError(f"{path}: has no rows")
@@ -352,7 +354,7 @@ def ingest_files(
         raise DataError(f"ingest {kind!r}: choose trades or candles")
     reader = trades_to_bars if kind == "trades" else candles_to_bars
     if key and len(files) > 1:
-        raise DataError("--key names one token: give it with a single input file")
+        raise ConfigError("key names one token: give it with a single input file", "key")
     event_table = read_events(events) if events else None
     series = []
     for f in files:

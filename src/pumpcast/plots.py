@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -175,24 +176,35 @@ def plot_splits(split: Split, lengths: dict[int, int], path: str | Path, max_tok
     return _save(fig, Path(path))
 
 
-def plot_forecasts(panels: Sequence[dict], path: str | Path, title: str) -> Path:
-    """Actual vs forecast price, one panel per token.
+@dataclass
+class ForecastPanel:
+    """One token's forecast picture: steps and prices of the recent history, the forecast and (if known) the
+    actual path."""
 
-    Each panel dict: token_id, history_t, history, forecast_t, forecast, and optionally actual_t, actual.
-    """
+    token_id: int
+    history_t: np.ndarray
+    history: np.ndarray
+    forecast_t: np.ndarray
+    forecast: np.ndarray
+    actual_t: np.ndarray | None = None
+    actual: np.ndarray | None = None
+
+
+def plot_forecasts(panels: Sequence[ForecastPanel], path: str | Path, title: str) -> Path:
+    """Actual vs forecast price, one panel per token."""
     n = len(panels)
     fig, axes = plt.subplots(n, 1, figsize=(12, 3.2 * n + 0.6), squeeze=False)
     for ax, p in zip(axes[:, 0], panels, strict=True):
-        ax.plot(p["history_t"], p["history"], color="gray", lw=0.8, label="history")
-        if p.get("actual") is not None:
-            ax.plot(p["actual_t"], p["actual"], color="tab:blue", lw=0.9, label="actual")
-        ax.plot(p["forecast_t"], p["forecast"], color="tab:red", lw=1.1, label="forecast")
-        values = np.concatenate([p["history"], p["forecast"]] + ([p["actual"]] if p.get("actual") is not None else []))
+        ax.plot(p.history_t, p.history, color="gray", lw=0.8, label="history")
+        if p.actual is not None:
+            ax.plot(p.actual_t, p.actual, color="tab:blue", lw=0.9, label="actual")
+        ax.plot(p.forecast_t, p.forecast, color="tab:red", lw=1.1, label="forecast")
+        values = np.concatenate([p.history, p.forecast] + ([p.actual] if p.actual is not None else []))
         if _spans_decades(values):
             ax.set_yscale("log")
-        ax.axvline(p["forecast_t"][0], color="black", lw=0.6, ls="--")
+        ax.axvline(p.forecast_t[0], color="black", lw=0.6, ls="--")
         ax.set_ylabel("price")
-        ax.set_title(f"token {p['token_id']}", fontsize=10)
+        ax.set_title(f"token {p.token_id}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel("step")

@@ -182,7 +182,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def pump_trainer_main(argv: Sequence[str] | None = None) -> int:
     return run(argv, build_trainer_parser())
-
-
-if __name__ == "__main__":
-    sys.exit(main())
