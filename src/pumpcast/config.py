@@ -254,7 +254,7 @@ class RuntimeConfig(Settings):
     write_store_files: bool = option(
         True, "record split_info.json and normalization_params.npy in the store", cli=False
     )
-    progress_bar: bool = option(True, "progress bar", flag="--no-progress", negate=True)
+    progress_bar: bool = option(True, "the progress bar", flag="--no-progress", negate=True)
 
     def check(self) -> None:
         if self.devices != "auto" and not (isinstance(self.devices, int) and self.devices >= 1):
@@ -289,7 +289,7 @@ class TrackingConfig(Settings):
         None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder)"
     )
     experiment_name: str = option("pumpcast", "MLflow experiment")
-    enabled: bool = option(True, "track runs in MLflow", flag="--no-mlflow", negate=True)
+    enabled: bool = option(True, "MLflow tracking", flag="--no-mlflow", negate=True)
     register_model: str | None = option(None, "register the trained model under NAME", metavar="NAME")
 
 

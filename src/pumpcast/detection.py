@@ -40,7 +40,7 @@ from pumpcast.windows import relative, to_base
 #: The network scores windows in batches of exactly this many. Matrix kernels round differently for different
 #: batch sizes, so with a fixed size a window's probability is the same bits whether it is scored alone (a
 #: live bar, padded with copies of itself) or among others (a replay of a whole history).
-SCORE_ROWS = 16
+SCORE_ROWS = 8
 
 
 def pump_logits(bundle: ModelBundle, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:

@@ -52,10 +52,11 @@ def add_settings(
     for f in setting_fields(section):
         if not f.metadata.get("cli", True) or (wanted is not None and f.name not in wanted):
             continue
+        helptext = f.metadata["help"] + _default_text(f)
         kwargs: dict[str, Any] = {
             "dest": key_of(f),
             "default": argparse.SUPPRESS,
-            "help": f.metadata["help"] + _default_text(f),
+            "help": f"turn off {helptext} (on by default)" if f.metadata.get("negate") else helptext,
         }
         if hints[f.name] is bool:
             kwargs["action"] = "store_true"
