@@ -22,7 +22,7 @@ import numpy as np
 
 from pumpcast.config import DataConfig
 from pumpcast.schema import FEATURES, ConfigError, Event, TokenSeries
-from pumpcast.store import TokenDataManager
+from pumpcast.store import TokenDataManager, die_with_parent
 from pumpcast.timeutil import parse_interval
 
 #: Tokens simulated together; part of the random stream's definition, so changing it changes the data.
@@ -256,16 +256,16 @@ def to_series(token: SyntheticToken, seed: int, interval_ms: int = 60_000) -> To
     )
 
 
-def _write_block(args: tuple[str, int, int, int, int, dict[int, int]]) -> list[dict]:
-    """Worker: simulate one block and write the requested tokens' files; returns their metadata entries."""
-    data_dir, seed, block, timesteps, interval_ms, ids = args
+def _write_block(args: tuple[str, str, int, int, int, int, dict[int, int]]) -> list[dict]:
+    """Worker: simulate one block and stage the requested tokens' files; returns their metadata entries."""
+    data_dir, txid, seed, block, timesteps, interval_ms, ids = args
     store = TokenDataManager(data_dir)
     entries = []
     for tok in _simulate_block(seed, block, timesteps):
         if tok.token_id in ids:
             series = to_series(tok, seed, interval_ms)
             series.token_id = ids[tok.token_id]
-            entries.append(store.write_token_file(series))
+            entries.append(store.stage_token(series, txid))
     return entries
 
 
@@ -279,8 +279,9 @@ def generate_to_store(
 ) -> list[int]:
     """Simulate tokens 0..num_tokens-1 into the store (regenerating replaces the same keys).
 
-    Blocks are simulated and written by `workers` processes (default: one per core, at most one per block);
-    the metadata is committed once, after every file is in place.
+    Blocks are simulated and written by `workers` processes (default: one per core, at most one per block),
+    which die with this process; everything is committed in one store transaction, after every file is
+    staged, so an interrupted run leaves the store as it was.
     """
     import multiprocessing as mp
 
@@ -290,13 +291,13 @@ def generate_to_store(
     store = TokenDataManager(data_dir)
     blocks = range(0, (num_tokens - 1) // BLOCK + 1)
     workers = min(workers or os.cpu_count() or 1, len(blocks))
-    with store.lock():
-        meta = store.metadata()
-        key_ids = store.assign_ids(meta, (f"synthetic:{seed}:{i}" for i in range(num_tokens)))
+    with store.transaction() as txn:
+        key_ids = txn.assign(f"synthetic:{seed}:{i}" for i in range(num_tokens))
         ids = {i: key_ids[f"synthetic:{seed}:{i}"] for i in range(num_tokens)}
         tasks = [
             (
                 str(data_dir),
+                txn.txid,
                 seed,
                 b,
                 timesteps,
@@ -306,11 +307,10 @@ def generate_to_store(
             for b in blocks
         ]
         if workers > 1:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                entries = [e for part in pool.imap(_write_block, tasks) for e in part]
+            with mp.get_context("spawn").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+                txn.add(e for part in pool.imap(_write_block, tasks) for e in part)
         else:
-            entries = [e for t in tasks for e in _write_block(t)]
-        store.commit(meta, entries)
+            txn.add(e for t in tasks for e in _write_block(t))
     return [ids[i] for i in range(num_tokens)]
 
 

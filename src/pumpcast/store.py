@@ -5,13 +5,23 @@
     DIR/normalization_params.npy  per-feature normalisation fitted on training windows only
     DIR/split_info.json           the split: strategy, ratios, seed, token ids and index ranges
 
-Every write goes to a temporary name and is renamed into place, under a lock file, so readers never see a
-half-written file and two writers never interleave.
+Writes are transactions. A write that touches several tokens (generate, ingest, re-ingest) stages each new
+token file under a hidden name, then commits by writing one journal file (DIR/.transaction.json: the renames
+and the new metadata), then applies it (renames, metadata) and removes the journal. A crash before the
+journal leaves the old store (the staged files are orphans that the next writer or `check` removes); a
+crash after it leaves a committed write that readers already see and the next writer or `check` finishes.
+Every token file records the transaction that wrote it, and readers compare it with the metadata, so a
+reader never mixes an old metadata entry with a new file. One writer at a time holds the lock file.
 """
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import json
+import os
+import signal
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +37,7 @@ from pumpcast.schema import (
     EVENT_DTYPE,
     FEATURES,
     SCHEMA_VERSION,
+    DataError,
     PumpcastError,
     TokenSeries,
     array_to_events,
@@ -35,6 +46,34 @@ from pumpcast.schema import (
 from pumpcast.timeutil import iso
 
 CHUNK_ROWS = 1024
+STAGED = ".staged"  # suffix of a token file written by a transaction that has not committed yet
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: make this process receive SIGKILL when its parent dies (Linux), so workers of a
+    killed writer stop writing at once; exit now if the parent died while this process was starting."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class Transaction:
+    """The tokens one write stages: ids assigned from the metadata, entries of the staged files."""
+
+    def __init__(self, meta: dict[str, Any]):
+        self.txid = uuid.uuid4().hex[:12]
+        self.meta = meta
+        self.entries: list[dict[str, Any]] = []
+
+    def assign(self, keys: Iterable[str]) -> dict[str, int]:
+        """Id of each key: its stored id, else the next free one."""
+        return TokenDataManager.assign_ids(self.meta, keys)
+
+    def add(self, entries: Iterable[dict[str, Any]]) -> None:
+        self.entries.extend(entries)
 
 
 class TokenDataManager:
@@ -47,25 +86,68 @@ class TokenDataManager:
         self.normalization_path = self.dir / "normalization_params.npy"
         self.split_path = self.dir / "split_info.json"
         self.lock_timeout = lock_timeout
+        self._cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None  # (stat of the file, metadata)
 
     # ---------------------------------------------------------------- metadata
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / ".transaction.json"
+
+    def _journal(self) -> dict[str, Any] | None:
+        """The committed transaction not yet applied, if any (it is the store's current state)."""
+        try:
+            journal = json.loads(self.journal_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (
+            OSError,
+            json.JSONDecodeError,
+        ) as exc:  # written atomically, so this is damage, not a crash
+            raise DataError(f"{self.journal_path}: damaged transaction journal ({exc}); run pumpcast check") from exc
+        return journal
+
     def metadata(self) -> dict[str, Any]:
-        """The store's metadata; an empty store's when there is none yet."""
+        """The store's metadata (a committed transaction's when one is being applied); an empty store's when
+        there is none yet. Checked for the schema version and its types."""
+        journal = self._journal()
+        if journal is not None:
+            return self._checked(journal["metadata"], self.journal_path)
         if not self.metadata_path.exists():
-            return {"schema_version": SCHEMA_VERSION, "features": list(FEATURES), "index": {}, "tokens": {}}
+            return {
+                "schema_version": SCHEMA_VERSION,
+                "features": list(FEATURES),
+                "index": {},
+                "tokens": {},
+            }
         try:
             meta = json.loads(self.metadata_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise PumpcastError(
-                f"{self.metadata_path}: unreadable token metadata ({exc}); restore or rebuild it"
-            ) from exc
-        self._check_version(meta.get("schema_version", 0), self.metadata_path)
+            raise DataError(f"{self.metadata_path}: unreadable token metadata ({exc}); restore or rebuild it") from exc
+        return self._checked(meta, self.metadata_path)
+
+    def _checked(self, meta: Any, path: Path) -> dict[str, Any]:
+        """Metadata with the structure readers rely on, or a one-line error naming the field."""
+        if not isinstance(meta, dict):
+            raise DataError(f"{path}: token metadata must be a JSON object, got {type(meta).__name__}; restore it")
+        version = meta.get("schema_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise DataError(f"{path}: schema_version {version!r} is not a number; restore the metadata")
+        self._check_version(version, path)
+        tokens, index = meta.get("tokens"), meta.get("index")
+        if not isinstance(tokens, dict) or not isinstance(index, dict):
+            raise DataError(f"{path}: 'tokens' and 'index' must be JSON objects; restore the metadata")
+        for tid, entry in tokens.items():
+            ok = isinstance(entry, dict) and str(tid).isdigit()
+            for field in ("steps", "interval_ms"):
+                value = entry.get(field) if ok else None
+                if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                    raise DataError(f"{path}: token {tid}: {field} {value!r} is not a positive integer; restore it")
         return meta
 
     @staticmethod
     def _check_version(version: int, path: Path) -> None:
         if int(version) > SCHEMA_VERSION:
-            raise PumpcastError(
+            raise DataError(
                 f"{path}: written by a newer pumpcast (store schema {version} > {SCHEMA_VERSION}); upgrade pumpcast"
             )
 
@@ -93,25 +175,33 @@ class TokenDataManager:
             with lock:
                 yield
         except filelock.Timeout as exc:
-            raise PumpcastError(
+            raise DataError(
                 f"{self.dir}: another process is writing this store (lock {self.dir / '.lock'}); "
                 "wait for it to finish and run again"
             ) from exc
 
     def write(self, tokens: Iterable[TokenSeries]) -> list[int]:
-        """Store tokens: a key already stored is replaced in place (same id), a new key gets the next id.
-
-        Each token file is written under a temporary name and renamed; the metadata is rewritten once at the
-        end, so an interrupted write leaves the previous store readable.
-        """
-        with self.lock():
-            meta = self.metadata()
-            entries = []
+        """Store tokens in one transaction: a key already stored is replaced (same id), a new key gets the next
+        id. All of them or none are in the store afterwards, whenever the process dies."""
+        with self.transaction() as txn:
             for tok in tokens:
-                tok.token_id = self.assign_ids(meta, [tok.key])[tok.key]
-                entries.append(self.write_token_file(tok))
-            self.commit(meta, entries)
-        return [e["id"] for e in entries]
+                tok.token_id = txn.assign([tok.key])[tok.key]
+                txn.add([self.stage_token(tok, txn.txid)])
+        return [e["id"] for e in txn.entries]
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Hold the lock, finish any committed transaction a crash left, stage files through the yielded
+        Transaction, and commit them all at the end (nothing is committed if the block raises)."""
+        with self.lock():
+            self.recover()
+            txn = Transaction(copy.deepcopy(self.metadata()))
+            try:
+                yield txn
+            except BaseException:
+                self._remove_staged()
+                raise
+            self._commit(txn)
 
     @staticmethod
     def assign_ids(meta: dict[str, Any], keys: Iterable[str]) -> dict[str, int]:
@@ -124,19 +214,49 @@ class TokenDataManager:
             out[key] = int(meta["index"][key])
         return out
 
-    def commit(self, meta: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-        """Record written token files in the metadata, atomically. Call with the lock held."""
-        for e in entries:
-            meta["tokens"][str(e["id"])] = {k: v for k, v in e.items() if k != "id"}
+    def _commit(self, txn: Transaction) -> None:
+        """The journal write is the commit point; applying it afterwards is idempotent."""
+        meta, renames = txn.meta, {}
+        for e in txn.entries:
+            renames[e["staged"]] = self.token_path(e["id"]).name
+            meta["tokens"][str(e["id"])] = {k: v for k, v in e.items() if k not in ("id", "staged")}
         meta["index"] = {k: v for k, v in meta["index"].items() if str(v) in meta["tokens"]}
         meta["schema_version"] = SCHEMA_VERSION
         meta["features"] = list(FEATURES)
         meta["tokens"] = dict(sorted(meta["tokens"].items(), key=lambda kv: int(kv[0])))
-        atomic_write_json(self.metadata_path, meta)
+        atomic_write_json(self.journal_path, {"txid": txn.txid, "renames": renames, "metadata": meta})
+        self._apply()
 
-    def write_token_file(self, tok: TokenSeries) -> dict[str, Any]:
-        """Write one token's HDF5 file (tok.token_id must be set) and return its metadata entry."""
-        self._write_token(tok)
+    def _apply(self) -> None:
+        journal = self._journal()
+        if journal is None:
+            return
+        for staged, final in journal["renames"].items():
+            if (self.sequences / staged).exists():
+                os.replace(self.sequences / staged, self.sequences / final)
+        atomic_write_json(self.metadata_path, journal["metadata"])
+        self.journal_path.unlink()
+
+    def recover(self) -> None:
+        """Under the lock: finish a committed transaction and remove files staged by one that never
+        committed (its writer is dead: the lock was free)."""
+        self._apply()
+        self._remove_staged()
+
+    def _remove_staged(self) -> None:
+        for p in self.sequences.glob(f".*{STAGED}") if self.sequences.is_dir() else ():
+            p.unlink(missing_ok=True)
+
+    def stage_token(self, tok: TokenSeries, txid: str) -> dict[str, Any]:
+        """Write one token's HDF5 file under its staged name (tok.token_id must be set); returns its metadata
+        entry for the transaction's commit."""
+        staged = f".{self.token_path(tok.token_id).name}.{txid}{STAGED}"
+        self._write_token(tok, self.sequences / staged, txid)
+        return self.entry(tok) | {"txid": txid, "staged": staged}
+
+    @staticmethod
+    def entry(tok: TokenSeries) -> dict[str, Any]:
+        """A token's metadata entry."""
         return {
             "id": tok.token_id,
             "key": tok.key,
@@ -151,18 +271,29 @@ class TokenDataManager:
             "events_known": bool(tok.events_known),
         }
 
-    def _write_token(self, tok: TokenSeries) -> None:
+    def _write_token(self, tok: TokenSeries, path: Path, txid: str) -> None:
         feats = np.asarray(tok.features, dtype=np.float64)
-        if feats.ndim != 2 or feats.shape[1] != len(FEATURES):
-            raise PumpcastError(f"token {tok.key}: features must have shape (T, {len(FEATURES)}), got {feats.shape}")
+        if feats.ndim != 2 or feats.shape[1] != len(FEATURES) or feats.shape[0] < 1:
+            raise DataError(f"token {tok.key}: features must have shape (T, {len(FEATURES)}), got {feats.shape}")
         chunk = (min(CHUNK_ROWS, feats.shape[0]), len(FEATURES))
 
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
                 f.create_dataset(
-                    "features", data=feats, chunks=chunk, compression="gzip", compression_opts=1, shuffle=True
+                    "features",
+                    data=feats,
+                    chunks=chunk,
+                    compression="gzip",
+                    compression_opts=1,
+                    shuffle=True,
                 )
-                f.create_dataset("mask", data=np.isfinite(feats), chunks=chunk, compression="gzip", shuffle=True)
+                f.create_dataset(
+                    "mask",
+                    data=np.isfinite(feats),
+                    chunks=chunk,
+                    compression="gzip",
+                    shuffle=True,
+                )
                 f.create_dataset(
                     "timestamps",
                     data=np.asarray(tok.timestamps, dtype=np.int64),
@@ -179,38 +310,71 @@ class TokenDataManager:
                 f.attrs["symbol"] = tok.symbol
                 f.attrs["source"] = tok.source
                 f.attrs["events_known"] = bool(tok.events_known)
+                f.attrs["txid"] = txid
 
-        atomic_write(self.token_path(tok.token_id), write, suffix=".h5")
+        atomic_write(path, write, suffix=".h5")
 
     # ---------------------------------------------------------------- reading
     def read(self, token_id: int) -> TokenSeries:
-        """One stored token, with a one-line error for a missing, corrupt, truncated or too-new file."""
-        path = self.token_path(token_id)
+        """One stored token, checked against the metadata; a one-line error for a missing, corrupt, truncated
+        or too-new file. A write that commits while this reads is seen whole (the read is retried)."""
+        for _ in range(3):
+            entry = self.metadata()["tokens"].get(str(token_id))
+            if entry is None:
+                raise DataError(
+                    f"{self.dir}: token {token_id} is not in the store; it holds ids {self.token_ids()[:20]}"
+                )
+            path = self._current_file(token_id)
+            tok, txid = self._read_file(path, token_id)
+            if txid == entry.get("txid", "") and tok.features.shape[0] == entry["steps"]:
+                return tok
+        raise DataError(
+            f"{path}: holds {tok.features.shape[0]} steps of write {txid or '-'}, the metadata says "
+            f"{entry['steps']} of write {entry.get('txid') or '-'}; run pumpcast check --data-dir {self.dir}"
+        )
+
+    def _current_file(self, token_id: int) -> Path:
+        """The token's file in the store's current state: staged by a committed transaction not applied yet,
+        or its usual path."""
+        final = self.token_path(token_id)
+        journal = self._journal()
+        for staged, name in (journal or {}).get("renames", {}).items():
+            if name == final.name and (self.sequences / staged).exists():
+                return self.sequences / staged
+        return final
+
+    def _read_file(self, path: Path, token_id: int) -> tuple[TokenSeries, str]:
         if not path.exists():
-            raise PumpcastError(f"{path}: token {token_id} is not in the store {self.dir}; see token_metadata.json")
+            raise DataError(f"{path}: token {token_id}'s file is missing; run pumpcast check --data-dir {self.dir}")
         try:
             with h5py.File(path, "r") as f:
                 self._check_version(f.attrs.get("schema_version", 0), path)
                 names = json.loads(f.attrs["feature_names"])
                 if names != list(FEATURES):
-                    raise PumpcastError(f"{path}: features {names} differ from {list(FEATURES)}; re-ingest the token")
-                feats = f["features"][()]
-                mask = f["mask"][()]
-                return TokenSeries(
+                    raise DataError(f"{path}: features {names} differ from {list(FEATURES)}; re-ingest the token")
+                feats = np.asarray(f["features"][()], dtype=np.float64)
+                mask = np.asarray(f["mask"][()], dtype=bool)
+                stamps = np.asarray(f["timestamps"][()], dtype=np.int64)
+                if feats.ndim != 2 or feats.shape[1] != len(FEATURES) or mask.shape != feats.shape:
+                    raise DataError(f"{path}: features/mask have shapes {feats.shape}/{mask.shape}; re-ingest it")
+                if stamps.shape != (feats.shape[0],):
+                    raise DataError(f"{path}: {stamps.shape[0]} timestamps for {feats.shape[0]} steps; re-ingest it")
+                tok = TokenSeries(
                     key=str(f.attrs["key"]),
                     symbol=str(f.attrs["symbol"]),
                     source=str(f.attrs["source"]),
                     interval_ms=int(f.attrs["interval_ms"]),
-                    timestamps=f["timestamps"][()],
+                    timestamps=stamps,
                     features=np.where(mask, feats, np.nan),
                     events=array_to_events(f["events"][()]),
                     token_id=int(token_id),
                     events_known=bool(f.attrs.get("events_known", True)),
                 )
+                return tok, str(f.attrs.get("txid", ""))
         except PumpcastError:
             raise
-        except (OSError, KeyError, ValueError) as exc:
-            raise PumpcastError(
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise DataError(
                 f"{path}: corrupt or truncated HDF5 file ({type(exc).__name__}: {exc}); re-ingest or regenerate it"
             ) from exc
 
@@ -229,7 +393,7 @@ class TokenDataManager:
         try:
             return json.loads(self.split_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise PumpcastError(f"{self.split_path}: unreadable split info ({exc}); delete it to re-split") from exc
+            raise DataError(f"{self.split_path}: unreadable split info ({exc}); delete it to re-split") from exc
 
     def save_normalization(self, params: np.ndarray) -> None:
         with self.lock():
@@ -246,15 +410,91 @@ class TokenDataManager:
         try:
             return np.load(self.normalization_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise PumpcastError(f"{self.normalization_path}: unreadable ({exc}); delete it to refit") from exc
+            raise DataError(f"{self.normalization_path}: unreadable ({exc}); delete it to refit") from exc
+
+    # ---------------------------------------------------------------- fsck
+    def check(self, repair: bool = False) -> tuple[list[str], list[str]]:
+        """(problems, orphans): every way the metadata and the token files disagree or a file is damaged, one
+        line each, and leftover files of crashed writes. Finishes a committed write first (as any writer
+        would); with repair, removes the orphans. Holds the lock: a running writer makes this a clear error."""
+        problems: list[str] = []
+        with self.lock():
+            self.recover()
+            try:
+                meta = self.metadata()
+            except PumpcastError as exc:
+                return [str(exc)], []
+            for tid, entry in meta["tokens"].items():
+                problems.extend(self._check_token(int(tid), entry))
+            problems.extend(self._check_side_files(meta))
+            known = {self.token_path(int(t)).name for t in meta["tokens"]}
+            orphans = [
+                p for p in sorted(self.sequences.iterdir()) if self.sequences.is_dir() if p.name not in known
+            ] + sorted(self.dir.glob(".*.tmp"))
+            if repair:
+                for p in orphans:
+                    p.unlink(missing_ok=True)
+        return problems, [str(p) for p in orphans]
+
+    def _check_token(self, token_id: int, entry: dict[str, Any]) -> list[str]:
+        path = self.token_path(token_id)
+        try:
+            tok, txid = self._read_file(path, token_id)
+        except PumpcastError as exc:
+            return [str(exc)]
+        out = []
+        if tok.features.shape[0] != entry["steps"]:
+            out.append(f"{path}: {tok.features.shape[0]} steps, the metadata says {entry['steps']}")
+        if txid != entry.get("txid", ""):
+            out.append(f"{path}: written by write {txid or '-'}, the metadata names write {entry.get('txid') or '-'}")
+        if tok.interval_ms != entry["interval_ms"] or (np.diff(tok.timestamps) != tok.interval_ms).any():
+            out.append(f"{path}: timestamps are not every {entry['interval_ms']} ms")
+        price = tok.features[:, 0]
+        if not (np.isfinite(price) & (price > 0)).all():
+            out.append(f"{path}: price has missing or non-positive values")
+        if (np.nan_to_num(tok.features[:, 1:5]) < 0).any():
+            out.append(f"{path}: volume, liquidity or trade counts are negative")
+        return out
+
+    def _check_side_files(self, meta: dict[str, Any]) -> list[str]:
+        out = []
+        lengths = {int(t): e["steps"] for t, e in meta["tokens"].items()}
+        try:
+            split = self.load_split()
+            for name, ranges in (split or {}).get("ranges", {}).items():
+                for t, (a, b) in ranges.items():
+                    if int(t) not in lengths or not 0 <= a <= b <= lengths[int(t)]:
+                        out.append(f"{self.split_path}: {name} range {a}-{b} of token {t} does not fit the store")
+        except (PumpcastError, TypeError, ValueError, AttributeError) as exc:
+            out.append(f"{self.split_path}: unreadable ({exc})")
+        try:
+            norm = self.load_normalization()
+            if norm is not None and not (
+                np.isfinite(norm["input_scale"]).all()
+                and (norm["input_scale"] > 0).all()
+                and np.isfinite(norm["target_scale"]).all()
+                and (norm["target_scale"] > 0).all()
+            ):
+                out.append(f"{self.normalization_path}: scales must be finite and positive; delete it to refit")
+        except (PumpcastError, ValueError, KeyError) as exc:
+            out.append(f"{self.normalization_path}: unreadable ({exc})")
+        return out
 
     # ---------------------------------------------------------------- export
     def export_csv(self, token_id: int, output: str | Path, events_output: str | Path | None = None) -> None:
         """Write one token's bars as CSV (time, the six features; empty where absent), and its events."""
         tok = self.read(token_id)
         frame = pd.DataFrame(tok.features, columns=list(FEATURES))
-        frame.insert(0, "time", pd.to_datetime(tok.timestamps, unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        atomic_write(Path(output), lambda p: frame.to_csv(p, index=False, float_format="%.10g"), suffix=".csv")
+        frame.insert(
+            0,
+            "time",
+            pd.to_datetime(tok.timestamps, unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        atomic_write(
+            Path(output),
+            lambda p: frame.to_csv(p, index=False, float_format="%.10g"),
+            suffix=".csv",
+        )
         if events_output is not None:
             ev = pd.DataFrame(
                 [(e.type, e.start, e.peak, e.end, e.magnitude) for e in tok.events],

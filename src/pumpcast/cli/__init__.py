@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, DataConfig, "data", only=("data_dir",))
     p.set_defaults(sections={"data": DataConfig})
 
+    p = command("check", "verify a store: metadata against token files, shapes, masks, schema, split", commands.check)
+    p.add_argument("--repair", action="store_true", help="also remove files left over by crashed writes")
+    add_settings(p, DataConfig, "data", only=("data_dir",))
+    p.set_defaults(sections={"data": DataConfig})
+
     p = command("plot", "img/token_X/features.png and correlations.png for stored tokens", commands.plot)
     p.add_argument("--token-id", type=int, default=0, help="token to draw (default: 0)")
     p.add_argument("--token-range", help="A-B, inclusive")
@@ -166,14 +171,14 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
 
         quiet_lightning()
     try:
-        args.func(args)
+        status = args.func(args)
     except ConfigError as exc:
         print(f"error: {flag_message(exc, args.sections.values())}", file=sys.stderr)
         return 2
     except PumpcastError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,24 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}" + (f" and {args.events_output}" if args.events_output else ""))
 
 
+def check(args: argparse.Namespace) -> int:
+    """Exit status 1 when the store has problems (orphans alone are not problems)."""
+    from pumpcast.store import TokenDataManager
+
+    store = TokenDataManager(_config(args)["data"].data_dir)
+    if not store.dir.is_dir():
+        raise DataError(f"{store.dir}: no such store directory")
+    problems, orphans = store.check(repair=args.repair)
+    for line in problems:
+        print(f"problem: {line}")
+    for path in orphans:
+        print(f"{'removed' if args.repair else 'orphan'}: {path}")
+    if orphans and not args.repair:
+        print(f"{len(orphans)} file(s) left over by crashed writes; `pumpcast check --repair` removes them")
+    print(f"{store.dir}: {len(store)} token(s), " + (f"{len(problems)} problem(s)" if problems else "consistent"))
+    return 1 if problems else 0
+
+
 def plot(args: argparse.Namespace) -> None:
     from pumpcast.plots import plot_correlations, plot_features
     from pumpcast.splits import parse_token_range
