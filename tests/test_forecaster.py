@@ -224,6 +224,36 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [b"", b"not a checkpoint", "truncated"])
+def test_damaged_last_checkpoint_is_a_one_line_error(tmp_path, capsys, damage):
+    assert _train(tmp_path, "--epochs", "1") == 0
+    last = tmp_path / "ckpt" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:5000] if damage == "truncated" else damage)
+    assert _train(tmp_path, "--epochs", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "last.ckpt is damaged" in err and "best.ckpt" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_stop_with_a_checkpoint_and_a_nonzero_exit(tmp_path, sig, code):
+    epochs = ["--epochs", "14", "--patience", "100"]
+    args = [sys.executable, str(ROOT / "pump_trainer.py"), *_train_flags(tmp_path), *epochs]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next epoch
+    os.kill(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "training stopped in epoch" in err and "--resume" in err and str(last) in err
+    assert not (tmp_path / "m.pth").exists()
+    assert torch.load(last, map_location="cpu", weights_only=True)["state_dict"]  # loadable
+    assert _train(tmp_path, *epochs, "--resume") == 0  # and it continues
+    assert (tmp_path / "m.pth").is_file()
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))

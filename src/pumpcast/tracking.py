@@ -120,7 +120,7 @@ class Tracker:
         try:
             yield self
         except BaseException as exc:
-            status = "KILLED" if type(exc).__name__ in ("TrialPruned", "KeyboardInterrupt") else "FAILED"
+            status = "KILLED" if type(exc).__name__ in ("TrialPruned", "KeyboardInterrupt", "Interrupted") else "FAILED"
             raise
         finally:
             if self.run_id:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
 from pumpcast.config import ModelConfig, TrainConfig, flat_values
@@ -39,7 +41,7 @@ from pumpcast.losses import get_loss, pump_loss
 from pumpcast.model import PumpcastTransformer
 from pumpcast.modelfile import DataInfo, ModelBundle, load_model_file, save_model_file
 from pumpcast.pumps import pump_labels
-from pumpcast.schema import ConfigError
+from pumpcast.schema import ConfigError, PumpcastError
 from pumpcast.simulator import ensure_store
 from pumpcast.splits import Split, resolve_split
 from pumpcast.store import TokenDataManager
@@ -183,6 +185,53 @@ def shard_tokens(counts: dict[int, int], world: int) -> list[list[int]]:
         shards[k].append(t)
         load[k] += counts[t]
     return [sorted(s) for s in shards]
+
+
+class Interrupted(PumpcastError):
+    """Training stopped by SIGTERM or SIGINT after writing a checkpoint to resume from; exit_code is what a
+    shell reports for the signal (143, 130)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _CheckpointOnInterrupt(Callback):
+    """On SIGTERM (Lightning stops after the current batch) or Ctrl-C, write last.ckpt from where training
+    stands, so `--resume` continues from there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.signum: int | None = None
+        self.epoch = 0
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            self.signum = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
+            self.epoch = trainer.current_epoch
+            trainer.save_checkpoint(self.path)
+
+
+def _check_resume(last: Path, best: Path, epochs: int) -> None:
+    """A one-line error, before anything runs, when --resume has nothing usable to continue from."""
+    if not last.is_file():
+        raise ConfigError(f"resume: no checkpoint at {last}; train without resume first", "resume")
+    fix = (
+        f"copy {best} over it to resume from the best epoch, or train without resume"
+        if best.is_file()
+        else ("train without resume")
+    )
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise ConfigError(f"resume: {last} is damaged ({type(exc).__name__}); {fix}", "resume") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
+        raise ConfigError(f"resume: {last} is not a pumpcast training checkpoint; {fix}", "resume")
+    if int(ckpt["epoch"]) > epochs:
+        raise ConfigError(
+            f"resume: {last} is at epoch {int(ckpt['epoch']) + 1}; set epochs above that to continue", "epochs"
+        )
+    print(f"resuming from {last}: epoch {int(ckpt['epoch']) + 1}, step {int(ckpt.get('global_step', 0))}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -418,6 +467,7 @@ def train(
     # the latest epoch whatever its loss, so last.ckpt has a callback of its own.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     history = _History()
+    interrupt = _CheckpointOnInterrupt(ckpt_dir / "last.ckpt")
     trainer = pl.Trainer(
         max_epochs=cfg.optim.epochs,
         accelerator=rt.accelerator,
@@ -434,6 +484,7 @@ def train(
             Throughput(),
             _SamplerEpoch(data),
             history,
+            interrupt,
             *(callbacks or []),
         ],
         plugins=[AtomicCheckpointIO()],
@@ -445,9 +496,19 @@ def train(
         use_distributed_sampler=False,  # the data module shards by token itself
     )
     last = ckpt_dir / "last.ckpt"
-    if rt.resume and not last.is_file():
-        raise ConfigError(f"resume: no checkpoint at {last}; train without resume first", "resume")
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if rt.resume else None)
+    if rt.resume:
+        _check_resume(last, ckpt_dir / "best.ckpt", cfg.optim.epochs)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if rt.resume else None)
+    except SystemExit as exc:  # Lightning ends a SIGTERM'd or Ctrl-C'd run with SystemExit
+        if interrupt.signum is None or not trainer.is_global_zero:
+            raise
+        name = signal.Signals(interrupt.signum).name
+        raise Interrupted(
+            f"{name}: training stopped in epoch {interrupt.epoch + 1}; checkpoint {last}; continue with --resume "
+            "(same flags)",
+            interrupt.signum,
+        ) from exc
     if not trainer.is_global_zero:
         return None
 

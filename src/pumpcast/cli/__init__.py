@@ -177,7 +177,7 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
         return 2
     except PumpcastError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     return status or 0
 
 
