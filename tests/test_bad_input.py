@@ -76,7 +76,7 @@ def test_unreadable_file(capsys, store_dir, tmp_path):
 
 def test_missing_and_misnamed_columns(capsys, store_dir, tmp_path):
     path = tmp_path / "x.csv"
-    pd.DataFrame({"when": [1], "px": [1.0], "amount": [1.0]}).to_csv(path, index=False)
+    pd.DataFrame({"when": [1_700_000_000_000], "px": [1.0], "amount": [1.0]}).to_csv(path, index=False)
     _fails_cleanly(
         capsys,
         store_dir,

@@ -27,6 +27,9 @@ from typing import Any
 
 from pumpcast.schema import FEATURES, ConfigError
 
+#: The longest forecast one call makes (memory and time grow with it); longer ones are refused up front.
+MAX_FORECAST_STEPS = 100_000
+
 
 def option(
     default: Any,
@@ -302,8 +305,8 @@ class TestConfig(Settings):
     load_model: str | None = option(None, "model file to load", metavar="MODEL")
     test_token_id: int | None = option(None, "token to test (default: the first test token)", low=0)
     test_token_range: str | None = option(None, "tokens to test, A-B inclusive")
-    forecast: int = option(1000, "short forecast steps", low=1)
-    forecast_extended: int = option(3000, "extended forecast steps", low=1)
+    forecast: int = option(1000, "short forecast steps", low=1, high=MAX_FORECAST_STEPS)
+    forecast_extended: int = option(3000, "extended forecast steps", low=1, high=MAX_FORECAST_STEPS)
     rollout_damping: float | None = option(
         None,
         "scale the c-th model pass's price moves by this**c (default: the value chosen on validation at training; "
@@ -313,6 +316,15 @@ class TestConfig(Settings):
     )
     show_data_splits: bool = option(False, "draw img/data_splits.png and print the split")
     output_dir: str = option(".", "where img/ and predictions/ go")
+
+    def check(self) -> None:
+        if self.test_token_range is not None:
+            a, _, b = self.test_token_range.partition("-")
+            if not (a.isdigit() and b.isdigit() and int(a) <= int(b)):
+                raise ConfigError(
+                    f"test_token_range {self.test_token_range!r}: write it as A-B with A <= B, e.g. 0-5",
+                    "test_token_range",
+                )
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,8 @@ def evaluate_store(
     out = Path(output_dir)
     if not forecaster.bundle.has_pump_head:
         raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
+    if not split.tokens("test"):
+        raise DataError(f"split {split.strategy!r} has no test tokens; evaluate needs a split with a test part")
     detector = PumpDetector(forecaster.bundle)
     pump = detector.calibration
     K = pump.horizon

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pumpcast.schema import DataError
+
 
 def _umask() -> int:
     """The process umask (reading it means setting it, so it is set straight back)."""
@@ -24,7 +26,12 @@ def _umask() -> int:
 def atomic_write(path: Path, write: Callable[[Path], Any], suffix: str = "") -> None:
     """Call write(tmp_path) and rename the result onto path, so path is either old or new, never partial."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a file name to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise DataError(f"{path}: cannot create its folder ({exc.strerror}: {exc.filename})") from exc
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
     os.close(fd)
     try:

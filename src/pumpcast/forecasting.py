@@ -7,17 +7,20 @@ the history given and the model's own outputs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
 from pumpcast.losses import get_loss
 from pumpcast.modelfile import ModelBundle, load_model_file
-from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, DataError
+from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, ConfigError, DataError
 from pumpcast.windows import relative, to_base
 
 #: A predicted step's normalised value is clipped to this many training standard deviations, so that a
@@ -49,6 +52,10 @@ class Forecaster:
         validation data, unless given. 1 = the model's own rollout; 0 = persistence after the first pass.
         """
         damping = self.bundle.rollout_damping if damping is None else damping
+        if not (isinstance(steps, int | np.integer) and 1 <= steps <= MAX_FORECAST_STEPS):
+            raise ConfigError(f"steps must be an integer in [1, {MAX_FORECAST_STEPS}], got {steps!r}", "steps")
+        if not (isinstance(damping, float | int) and 0.0 <= damping <= 1.0):
+            raise ConfigError(f"rollout_damping must be in [0, 1], got {damping!r}", "rollout_damping")
         history = np.asarray(history, dtype=np.float64)
         if history.ndim != 3 or history.shape[2] != len(FEATURES):
             raise DataError(f"history must have shape (batch, steps, {len(FEATURES)}), got {history.shape}")
@@ -61,6 +68,8 @@ class Forecaster:
         out = np.empty((history.shape[0], steps, len(FEATURES)))
         norm = self.bundle.normalizer
         done = chunk = 0
+        passes = -(-steps // self.horizon)
+        bar = tqdm(total=steps, desc="forecast steps", unit="step", disable=passes < 200 or not sys.stderr.isatty())
         while done < steps:
             rel, ref = relative(window, self.seq_len)
             z, mask = norm.normalize(rel, self.seq_len)
@@ -78,6 +87,8 @@ class Forecaster:
             window = np.concatenate([window[:, take:], to_base(raw[:, :take])], axis=1)
             done += take
             chunk += 1
+            bar.update(take)
+        bar.close()
         return out
 
     def fit_damping(
@@ -149,23 +160,63 @@ def origin_windows(
 
 
 def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> tuple[np.ndarray, pd.Series | None]:
-    """A history as a (T, 6) float array (NaN where absent) and its times, if any; one-line errors."""
+    """A history as a (T, 6) float array (NaN where absent) and its times, if any, checked: positive prices,
+    numeric non-negative activity, and (with a time column) bars in time order, each once, evenly spaced.
+    Anything else is a one-line DataError naming the history, the row and the fix."""
     if isinstance(history, np.ndarray):
         if history.ndim != 2 or history.shape[1] != len(FEATURES):
             raise DataError(f"{name}: expected shape (steps, {len(FEATURES)}), got {history.shape}")
-        return history.astype(np.float64), None
-    missing = [f for f in FEATURES if f not in history.columns]
-    if missing:
-        raise DataError(
-            f"{name}: missing column(s) {missing}; a history has time,{','.join(FEATURES)} (leave absent "
-            "features empty, as `pumpcast export` writes them)"
-        )
-    values = history[list(FEATURES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        values, times = history.astype(np.float64), None
+    else:
+        missing = [f for f in FEATURES if f not in history.columns]
+        if missing:
+            raise DataError(
+                f"{name}: missing column(s) {missing}; a history has time,{','.join(FEATURES)} (leave absent "
+                "features empty, as `pumpcast export` writes them)"
+            )
+        frame = history[list(FEATURES)]
+        values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        text = frame.notna().to_numpy() & ~np.isfinite(values)
+        if text.any():
+            row, col = (int(v[0]) for v in np.nonzero(text))
+            raise DataError(
+                f"{name}: column {FEATURES[col]!r} row {row + 2} is {frame.iat[row, col]!r}, not a number; "
+                "leave absent values empty"
+            )
+        times = _history_times(history["time"], name) if "time" in history.columns else None
     price = values[:, 0]
     if not (np.isfinite(price) & (price > 0)).all():
         row = int(np.flatnonzero(~(np.isfinite(price) & (price > 0)))[0])
         raise DataError(f"{name}: column 'price' row {row + 2} is not a positive number")
-    times = None
-    if "time" in history.columns:
-        times = pd.to_datetime(history["time"], utc=True, format="ISO8601")
+    negative = np.nan_to_num(values[:, 1:5], nan=0.0) < 0
+    if negative.any():
+        row, col = (int(v[0]) for v in np.nonzero(negative))
+        raise DataError(f"{name}: column {FEATURES[col + 1]!r} row {row + 2} is negative; it must be >= 0")
+    if np.isinf(values).any():
+        row, col = (int(v[0]) for v in np.nonzero(np.isinf(values)))
+        raise DataError(f"{name}: column {FEATURES[col]!r} row {row + 2} is infinite")
     return values, times
+
+
+def _history_times(column: pd.Series, name: str) -> pd.Series:
+    """The bars' times: parsed, in order, unique and evenly spaced (a model reads bars, not clock times)."""
+    try:
+        times = pd.to_datetime(column, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise DataError(
+            f"{name}: column 'time' is not ISO-8601 time ({exc}); write times as `pumpcast export` does"
+        ) from exc
+    if times.isna().any():
+        raise DataError(f"{name}: column 'time' row {int(np.flatnonzero(times.isna())[0]) + 2} is empty")
+    step = np.diff(times.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64))
+    if step.size and (step <= 0).any():
+        row = int(np.flatnonzero(step <= 0)[0]) + 3
+        what = "repeats the time before it" if step[row - 3] == 0 else "is earlier than the row before it"
+        raise DataError(f"{name}: row {row} {what}; give each bar once, in time order")
+    if step.size and (step != step[0]).any():
+        row = int(np.flatnonzero(step != step[0])[0]) + 3
+        raise DataError(
+            f"{name}: bars are not evenly spaced (row {row} is {step[row - 3] // 1000} s after the one before, "
+            f"the first ones {step[0] // 1000} s); fill missing bars (price carried forward, zero activity)"
+        )
+    return times

@@ -27,7 +27,7 @@ from pumpcast.schema import (
     TokenSeries,
 )
 from pumpcast.store import TokenDataManager
-from pumpcast.timeutil import parse_interval
+from pumpcast.timeutil import iso, parse_interval
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except Exception as exc:  # pandas raises many types for unreadable input
-        raise DataError(f"{path}: cannot be read as CSV/Parquet ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"{path}: cannot be read as CSV/Parquet ({type(exc).__name__}: {first})") from exc
 
 
 def _resolve(
@@ -98,22 +99,55 @@ def _resolve(
     return found
 
 
+#: Unix time units told apart by magnitude (digits before the decimal point of a time after 2001).
+UNITS = {10: ("seconds", 1e3), 13: ("milliseconds", 1.0), 16: ("microseconds", 1e-3), 19: ("nanoseconds", 1e-6)}
+#: Times outside these bounds are refused as a wrong unit or a typo, before anything is allocated.
+EARLIEST_MS, LATEST_MS = 946_684_800_000, 4_102_444_800_000  # 2000-01-01, 2100-01-01
+#: A file whose bars would exceed this many is refused before its arrays are allocated.
+MAX_BARS = 20_000_000
+
+
 def _timestamps_ms(series: pd.Series, path: Path, column: str) -> np.ndarray:
-    """Unix ms from integer ms (or s) or ISO-8601 text."""
+    """Unix ms from Unix time in s, ms, us or ns (the unit told apart per file by magnitude; a file that mixes
+    units is refused) or from ISO-8601 text; times before 2000 or after 2099 are refused."""
     if pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype="float64")
         if not np.isfinite(values).all():
-            raise DataError(f"{path}: column {column!r} has missing or non-finite timestamps")
-        if values.size and np.nanmax(np.abs(values)) < 1e11:  # seconds, not ms
-            values = values * 1000.0
-        return values.astype(np.int64)
-    try:
-        parsed = pd.to_datetime(series, utc=True, format="ISO8601")
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{path}: column {column!r} is neither Unix ms nor ISO-8601 time ({exc})") from exc
-    if parsed.isna().any():
-        raise DataError(f"{path}: column {column!r} has missing timestamps")
-    return (parsed.astype("datetime64[ms, UTC]").astype("int64")).to_numpy()
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise DataError(f"{path}: column {column!r} row {row + 2} has a missing or non-finite timestamp")
+        digits = np.floor(np.log10(np.maximum(np.abs(values), 1.0))).astype(int) + 1
+        unit = {d: UNITS[d] for d in np.unique(digits) if d in UNITS}
+        if not unit:
+            raise DataError(
+                f"{path}: column {column!r} row 2 is {series.iloc[0]!r}: not Unix time in seconds, milliseconds, "
+                "microseconds or nanoseconds after 2000; fix the column or name the time column"
+            )
+        if len(unit) != len(np.unique(digits)) or len(unit) > 1:
+            names = sorted({UNITS[d][0] if d in UNITS else f"{d}-digit numbers" for d in np.unique(digits)})
+            first = {d: int(np.flatnonzero(digits == d)[0]) + 2 for d in np.unique(digits)}
+            raise DataError(
+                f"{path}: column {column!r} mixes time units ({', '.join(names)}; rows "
+                f"{', '.join(str(r) for r in sorted(first.values())[:3])}); write every time in one unit"
+            )
+        ms = values * next(iter(unit.values()))[1]
+    else:
+        try:
+            parsed = pd.to_datetime(series, utc=True, format="ISO8601")
+        except (ValueError, TypeError, OverflowError) as exc:
+            first = str(exc).splitlines()[0]
+            raise DataError(f"{path}: column {column!r} is neither Unix time nor ISO-8601 time ({first})") from exc
+        if parsed.isna().any():
+            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise DataError(f"{path}: column {column!r} row {row + 2} has a missing timestamp")
+        ms = parsed.astype("datetime64[ms, UTC]").astype("int64").to_numpy().astype("float64")
+    bad = (ms < EARLIEST_MS) | (ms >= LATEST_MS)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}: column {column!r} row {row + 2} is {series.iloc[row]!r}, outside 2000-2099; fix the time or "
+            "its unit"
+        )
+    return ms.astype(np.int64)
 
 
 def _positive(series: pd.Series, path: Path, column: str, what: str) -> np.ndarray:
@@ -189,11 +223,24 @@ def _first(df: pd.DataFrame, cols: dict[str, str], logical: str) -> str | None:
     return None if pd.isna(value) else str(value)
 
 
-def _bar_index(ts: np.ndarray, interval_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bar number of each row (0 = first bar) and the bars' start times."""
+def _bar_index(ts: np.ndarray, interval_ms: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Bar number of each row (0 = first bar) and the bars' start times; absurd spans are refused first."""
     bar = ts // interval_ms
     first, last = int(bar.min()), int(bar.max())
+    if last - first + 1 > MAX_BARS:
+        raise DataError(
+            f"{path}: its times span {last - first + 1:,} bars of {interval_ms} ms (from {iso(int(ts.min()))} to "
+            f"{iso(int(ts.max()))}), more than {MAX_BARS:,}; split the file or choose a longer interval"
+        )
     return bar - first, (np.arange(first, last + 1, dtype=np.int64) * interval_ms)
+
+
+def _finite(values: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """Values computed from a file's columns must stay finite (a price of 1e308 times an amount does not)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(f"{path}: {what} overflows at row {int(np.flatnonzero(bad)[0]) + 2}; check its values")
+    return values
 
 
 def _last_per_bar(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -231,12 +278,17 @@ def trades_to_bars(
         if "quote" in cols:
             quote = _nonnegative(rows[cols["quote"]], path, cols["quote"])
         else:
-            quote = price * _nonnegative(rows[cols["amount"]], path, cols["amount"])
-        idx, bar_ts = _bar_index(ts, interval_ms)
+            with np.errstate(over="ignore"):
+                quote = _finite(
+                    price * _nonnegative(rows[cols["amount"]], path, cols["amount"]), path, "price x amount"
+                )
+        idx, bar_ts = _bar_index(ts, interval_ms, path)
         n = bar_ts.size
         feats = np.full((n, len(FEATURES)), np.nan)
         feats[:, PRICE] = pd.Series(_last_per_bar(idx, price, n)).ffill().to_numpy()
         feats[:, VOLUME] = np.bincount(idx, weights=quote, minlength=n)
+        if not np.isfinite(feats[:, VOLUME]).all():
+            raise DataError(f"{path}: the volume of a bar overflows; check the file's prices and amounts")
         if "side" in cols:
             side = rows[cols["side"]].astype(str).str.lower().to_numpy()
             is_buy, is_sell = side == "buy", side == "sell"
@@ -283,7 +335,7 @@ def candles_to_bars(
             rows, ts = rows.iloc[~dup], ts[~dup]
         close = _positive(rows[cols["close"]], path, cols["close"], "price")
         volume = _nonnegative(rows[cols["volume"]], path, cols["volume"])
-        idx, bar_ts = _bar_index(ts, interval_ms)
+        idx, bar_ts = _bar_index(ts, interval_ms, path)
         n = bar_ts.size
         feats = np.full((n, len(FEATURES)), np.nan)
         feats[:, PRICE] = pd.Series(_last_per_bar(idx, close, n)).ffill().to_numpy()

@@ -132,8 +132,9 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refused: the file holds pickled objects other than tensors and plain data, so it was not "
             "written by pumpcast or was tampered with; nothing in it was run"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ModelFileError(f"{path}: unreadable model file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # torch raises many types for files that are not torch files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelFileError(f"{path}: unreadable model file ({type(exc).__name__}: {first})") from exc
     if not isinstance(payload, dict):
         raise ModelFileError(f"{path}: not a pumpcast model file")
     payload = _migrate(payload, path)
@@ -144,11 +145,17 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
             )
         model = PumpcastTransformer(ModelConfig.from_dict(payload["model_config"]))
         model.load_state_dict(payload["state_dict"])
+        broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise ModelFileError(f"{path}: weights {broken[:3]} hold NaN or infinite values; retrain the model")
         norm = payload["normalization"]
+        center, scale = np.asarray(norm["center"], dtype=np.float64), np.asarray(norm["scale"], dtype=np.float64)
+        if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise ModelFileError(f"{path}: its normalisation must be finite with positive scales; retrain the model")
         pump = payload.get("pump")
         return ModelBundle(
             model=model.eval(),
-            normalizer=Normalizer(norm["center"], norm["scale"]),
+            normalizer=Normalizer(center, scale),
             data=DataInfo.from_dict(payload.get("data_config", {})),
             metrics=payload.get("metrics", {}),
             features=tuple(payload["features"]),

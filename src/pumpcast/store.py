@@ -81,6 +81,8 @@ class TokenDataManager:
 
     def __init__(self, data_dir: str | Path, lock_timeout: float = 0.0):
         self.dir = Path(data_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise DataError(f"{self.dir}: is a file, not a store directory; give data_dir a folder")
         self.sequences = self.dir / "sequences"
         self.metadata_path = self.dir / "token_metadata.json"
         self.normalization_path = self.dir / "normalization_params.npy"

@@ -80,7 +80,13 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
 def storage_for(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage; SQLite waits for its lock rather than failing when several workers write."""
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"storage {url}: its database driver is missing ({exc.name}); install it", "storage") from exc
+    except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable database
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"storage {url}: cannot open it ({first})", "storage") from exc
 
 
 def _objective(

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from pumpcast.cli import commands
-from pumpcast.cli.flags import add_config_flag, add_settings, flag_message
+from pumpcast.cli.flags import Parser, add_config_flag, add_settings, bounded_int, flag_message, probability
 from pumpcast.config import (
+    MAX_FORECAST_STEPS,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -56,7 +58,7 @@ def _settings(p: argparse.ArgumentParser, sections: dict[str, type], config_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pumpcast",
         description=DESCRIPTION + " `pumpcast COMMAND --help` lists a command's flags.",
         allow_abbrev=False,
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sections={"data": DataConfig})
 
     p = command("export", "write one stored token's bars (and events) as CSV", commands.export)
-    p.add_argument("--token-id", type=int, required=True)
+    p.add_argument("--token-id", type=bounded_int(0), required=True, help="id of the token to export")
     p.add_argument("--output", required=True)
     p.add_argument("--events-output")
     add_settings(p, DataConfig, "data", only=("data_dir",))
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sections={"data": DataConfig})
 
     p = command("plot", "img/token_X/features.png and correlations.png for stored tokens", commands.plot)
-    p.add_argument("--token-id", type=int, default=0, help="token to draw (default: 0)")
+    p.add_argument("--token-id", type=bounded_int(0), default=0, help="token to draw (default: 0)")
     p.add_argument("--token-range", help="A-B, inclusive")
     p.add_argument("--output-dir", default=".", help="where img/ goes (default: .)")
     add_settings(p, DataConfig, "data", only=("data_dir",))
@@ -120,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", default="reports", help="where report.md, report.json and img/ go (default: reports)"
     )
-    p.add_argument("--steps", type=int, default=100, help="forecast steps from each origin (default: 100)")
-    p.add_argument("--origin-every", type=int, default=200, help="steps between forecast origins (default: 200)")
+    p.add_argument(
+        "--steps",
+        type=bounded_int(1, MAX_FORECAST_STEPS),
+        default=100,
+        help="forecast steps from each origin (default: 100)",
+    )
+    p.add_argument(
+        "--origin-every", type=bounded_int(1), default=200, help="steps between forecast origins (default: 200)"
+    )
     add_settings(p, DataConfig, "data", only=("data_dir", "split_file"))
     add_settings(p, TrackingConfig, TITLES["tracking"], only=("tracking_uri", "experiment_name", "enabled"))
     p.set_defaults(sections={"data": DataConfig, "tracking": TrackingConfig})
@@ -129,13 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("detect", "walk through a history bar by bar and print each pump alarm", commands.detect)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file with a pump head")
     p.add_argument("--input", required=True, help="history CSV (as `pumpcast export` writes it)")
-    p.add_argument("--threshold", type=float, help="alarm threshold (default: the one chosen on validation)")
+    p.add_argument("--threshold", type=probability, help="alarm threshold (default: the one chosen on validation)")
     p.add_argument("--output", help="also write every step's probability and alarms to this CSV")
 
     p = command("predict", "forecast new histories (CSV as `pumpcast export` writes them)", commands.predict)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file")
     p.add_argument("--input", required=True, help="a history CSV, or a folder of them (batched together)")
-    p.add_argument("--steps", type=int, required=True, help="steps to forecast")
+    p.add_argument(
+        "--steps",
+        type=bounded_int(1, MAX_FORECAST_STEPS),
+        required=True,
+        help=f"steps to forecast (1-{MAX_FORECAST_STEPS})",
+    )
     p.add_argument("--output", required=True, help="forecast CSV, or a folder when --input is a folder")
     add_settings(p, TestConfig, TITLES["test"], only=("rollout_damping",))
     p.set_defaults(sections={"test": TestConfig})
@@ -144,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_trainer_parser() -> argparse.ArgumentParser:
     """The seed script's command line: every seed flag, plus the rest of training, testing and tuning."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="pump_trainer.py",
         description="Train and test the pumpcast forecaster (research tool, not financial advice).",
         allow_abbrev=False,
@@ -162,9 +176,15 @@ def build_trainer_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
-    """Parse and run; a PumpcastError becomes one line on stderr and exit status 2."""
-    args = parser.parse_args(argv)
+    """Parse and run; a PumpcastError becomes one line on stderr and exit status 2 (an interrupted training
+    run: 128 + the signal); a bad flag, one line and exit status 2."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
+        return int(exc.code or 0)
     verbose = getattr(args, "verbose", False)
+    if not verbose:  # the terminal is for pumpcast's own lines; -v shows the libraries' warnings too
+        warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not verbose and "optim" in args.sections:  # training commands: our output, not framework chatter
         from pumpcast.training import quiet_lightning
@@ -173,12 +193,16 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     try:
         status = args.func(args)
     except ConfigError as exc:
-        print(f"error: {flag_message(exc, args.sections.values())}", file=sys.stderr)
+        print(f"error: {_one_line(flag_message(exc, args.sections.values()))}", file=sys.stderr)
         return 2
     except PumpcastError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     return status or 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split("\n")[0].split()) if message else "failed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

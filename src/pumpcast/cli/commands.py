@@ -25,6 +25,7 @@ COLUMN_FLAGS = (
     "close",
     "volume",
 )
+PREDICT_BATCH = 256  # histories forecast together
 CSV = {"index": False, "float_format": "%.10g", "date_format": "%Y-%m-%dT%H:%M:%SZ"}
 
 
@@ -227,6 +228,10 @@ def detect(args: argparse.Namespace) -> None:
 
     detector = PumpDetector.load(args.load_model, args.threshold)
     features, times = history_array(read_table(args.input), name=str(args.input))
+    if features.shape[0] < detector.seq_len:
+        raise DataError(
+            f"{args.input}: has {features.shape[0]} bars; this model scores from seq_length={detector.seq_len} bars on"
+        )
     p = detector.score(features)  # step t from the window that ends at t, as `update` gives it bar by bar
     onsets = detector.alarms(p)
     label = (lambda i: times.iloc[i].strftime("%Y-%m-%dT%H:%M:%SZ")) if times is not None else str
@@ -261,8 +266,10 @@ def predict(args: argparse.Namespace) -> None:
     forecaster = Forecaster.load(args.load_model)
     if damping is not None:
         forecaster = Forecaster(replace(forecaster.bundle, rollout_damping=damping))
-    forecasts = forecaster.predict([read_table(p) for p in inputs], args.steps, names=[str(p) for p in inputs])
-    for frame, out in zip(forecasts, outputs, strict=True):
-        atomic_write(out, lambda tmp, f=frame: f.to_csv(tmp, **CSV), suffix=".csv")
+    for i in range(0, len(inputs), PREDICT_BATCH):  # bounded memory, however large the folder
+        chunk = inputs[i : i + PREDICT_BATCH]
+        forecasts = forecaster.predict([read_table(p) for p in chunk], args.steps, names=[str(p) for p in chunk])
+        for frame, out in zip(forecasts, outputs[i : i + PREDICT_BATCH], strict=True):
+            atomic_write(out, lambda tmp, f=frame: f.to_csv(tmp, **CSV), suffix=".csv")
     shown = ", ".join(str(o) for o in outputs[:5]) + (" ..." if len(outputs) > 5 else "")
     print(f"wrote {len(outputs)} forecast(s) of {args.steps} steps: {shown}")

@@ -19,6 +19,39 @@ from pumpcast.config import Settings, flag_of, key_of, read_config_file, setting
 from pumpcast.schema import ConfigError
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage of a big command runs to dozens)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def bounded_int(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high if high is not None else 'inf'}]")
+        return value
+
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value
+
+
 def _value_parser(tp: Any):
     """A string -> value converter for argparse from a field's annotation."""
     allowed = [t for t in (typing.get_args(tp) or (tp,)) if t is not type(None)]
