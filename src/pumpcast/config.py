@@ -237,6 +237,9 @@ class RuntimeConfig(Settings):
     """Where and on what a run executes, and what it writes."""
 
     num_workers: int = option(0, "data-loader worker processes", low=0)
+    threads: int | None = option(
+        None, "torch CPU threads per process (default: the available cores divided by the processes)", low=1
+    )
     checkpoint_dir: str = option("checkpoints", "where last.ckpt and best.ckpt go")
     resume: bool = option(False, "continue from CHECKPOINT_DIR/last.ckpt")
     init_from: str | None = option(

@@ -13,12 +13,15 @@ both start: the model's logits and the baselines' scores over given ranges of st
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pumpcast.modelfile import ModelBundle, load_model_file
 from pumpcast.pumps import (
@@ -36,6 +39,8 @@ from pumpcast.pumps import (
 from pumpcast.schema import FEATURES, DataError, ModelFileError, TokenSeries
 from pumpcast.store import TokenDataManager
 from pumpcast.windows import relative, to_base
+
+log = logging.getLogger(__name__)
 
 #: The network scores windows in batches of exactly this many. Matrix kernels round differently for different
 #: batch sizes, so with a fixed size a window's probability is the same bits whether it is scored alone (a
@@ -170,7 +175,10 @@ def score_ranges(bundle: ModelBundle, store: TokenDataManager, ranges: dict[int,
     """Model logits and baseline scores over each token's range; tokens whose events are unknown are left out
     (nothing to score against). Calibration at training and evaluation both start from here."""
     out = []
-    for t, (a, b) in sorted(ranges.items()):
+    items = sorted(ranges.items())
+    for t, (a, b) in tqdm(
+        items, desc="scoring tokens", unit="token", disable=len(items) < 5 or not sys.stderr.isatty()
+    ):
         tok = store.read(t)
         if not tok.events_known or b <= a:
             continue
@@ -209,8 +217,10 @@ def calibrate(
     thresholds of the model and of the baselines to the budget. Everything evaluate and detect use later
     comes from here."""
     K = bundle.config.pump_horizon
+    log.info("calibrating the pump head on %d validation token(s)", len(val_ranges))
     scored = score_ranges(bundle, store, val_ranges)
     if not scored:
+        log.info("no validation token has known events: the pump head stays uncalibrated and raises no alarm")
         return PumpCalibration(
             horizon=K,
             max_false_alarms_per_day=max_false_alarms_per_day,
@@ -240,6 +250,16 @@ def calibrate(
         )
         for name in scored[0].baselines
     }
+    log.info(
+        "pump alarms on %r at probability >= %.4g (validation: %d event(s), recall %.2f, %.2f false alarms/day; "
+        "budget %g)",
+        alarm_output,
+        threshold,
+        val_metrics["events"],
+        np.nan_to_num(val_metrics["recall"]),
+        val_metrics["false_alarms_per_day"],
+        max_false_alarms_per_day,
+    )
     return PumpCalibration(
         horizon=K,
         calibration=platt,

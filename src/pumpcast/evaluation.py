@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from pumpcast.schema import PRICE, DataError, ModelFileError
 from pumpcast.splits import Split, parse_token_range
 from pumpcast.store import TokenDataManager
 
+log = logging.getLogger(__name__)
 BUCKET_EDGES = (1, 11, 101, 1001, 10_001)
 DRIFT_STEPS = 60  # the drift baseline extends the mean log return of the last hour of 1-minute bars
 
@@ -192,7 +194,11 @@ def evaluate_store(
         "alarm_output": pump.alarm_output,
         "validation": pump.val_metrics,
     }
+    log.info(
+        "forecasting %d steps from origins every %d steps of %d test token(s)", steps, every, len(split.tokens("test"))
+    )
     report["forecast"] = forecast_metrics(rolling_origins(forecaster, store, split, steps, every), steps)
+    log.info("scoring pump events of the model and the baselines")
     scored = score_ranges(forecaster.bundle, store, split.ranges["test"])
     scores = event_scores(detector, scored)
     overall, groups, per_token = {}, {}, []
@@ -302,7 +308,9 @@ def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test
         tokens = [test.test_token_id]
     else:
         tokens = split.tokens("test")[:1]
-    items = forecast_test_tokens(forecaster, store, split, tokens, max(test.forecast, test.forecast_extended))
+    longest = max(test.forecast, test.forecast_extended)
+    log.info("forecasting %d steps from the start of the test part of token(s) %s", longest, tokens)
+    items = forecast_test_tokens(forecaster, store, split, tokens, longest)
     report: dict[str, Any] = {
         "tokens": tokens,
         "split_strategy": split.strategy,

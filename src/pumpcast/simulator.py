@@ -13,17 +13,22 @@ memory is bounded by one block.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pumpcast.config import DataConfig
 from pumpcast.schema import FEATURES, ConfigError, Event, TokenSeries
 from pumpcast.store import TokenDataManager, die_with_parent
 from pumpcast.timeutil import parse_interval
+
+log = logging.getLogger(__name__)
 
 #: Tokens simulated together; part of the random stream's definition, so changing it changes the data.
 BLOCK = 512
@@ -291,6 +296,14 @@ def generate_to_store(
     store = TokenDataManager(data_dir)
     blocks = range(0, (num_tokens - 1) // BLOCK + 1)
     workers = min(workers or os.cpu_count() or 1, len(blocks))
+    stored = len(store)
+    log.info(
+        "generating %d synthetic token(s) x %d steps into %s%s",
+        num_tokens,
+        timesteps,
+        data_dir,
+        f" (the store holds {stored} token(s); same keys are replaced, new ones added)" if stored else "",
+    )
     with store.transaction() as txn:
         key_ids = txn.assign(f"synthetic:{seed}:{i}" for i in range(num_tokens))
         ids = {i: key_ids[f"synthetic:{seed}:{i}"] for i in range(num_tokens)}
@@ -306,18 +319,34 @@ def generate_to_store(
             )
             for b in blocks
         ]
+        bar = tqdm(total=num_tokens, desc="tokens", unit="token", disable=len(tasks) < 2 or not sys.stderr.isatty())
         if workers > 1:
             with mp.get_context("spawn").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-                txn.add(e for part in pool.imap(_write_block, tasks) for e in part)
+                for part in pool.imap(_write_block, tasks):
+                    txn.add(part)
+                    bar.update(len(part))
         else:
-            txn.add(e for t in tasks for e in _write_block(t))
+            for t in tasks:
+                part = _write_block(t)
+                txn.add(part)
+                bar.update(len(part))
+        bar.close()
     return [ids[i] for i in range(num_tokens)]
 
 
 def ensure_store(data: DataConfig) -> TokenDataManager:
     """The store in data.data_dir, filled with data.num_tokens synthetic tokens first if it is empty: every
-    command that needs data and finds none starts from the embedded defaults."""
+    command that needs data and finds none starts from the embedded defaults. A store with data is used as
+    it is (said when num_tokens asked for another size)."""
     store = TokenDataManager(data.data_dir)
     if len(store) == 0:
+        log.info("%s is empty: making synthetic data first", data.data_dir)
         generate_to_store(data.data_dir, data.num_tokens, data.timesteps, data.seed, data.interval)
+    elif len(store) != data.num_tokens and data.num_tokens != DataConfig().num_tokens:
+        log.warning(
+            "%s already holds %d token(s): num_tokens=%d applies only to an empty store (generate adds tokens)",
+            data.data_dir,
+            len(store),
+            data.num_tokens,
+        )
     return store

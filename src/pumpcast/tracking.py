@@ -61,18 +61,14 @@ class Tracker:
 
     # -------------------------------------------------------------- plumbing
     def _fail(self, what: str, exc: BaseException) -> None:
-        if self.enabled:
+        if self.enabled:  # once: tracking is off from here on
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             log.warning(
-                "MLflow tracking at %s failed while %s (%s: %s); tracking is off for this run, training "
-                "and outputs carry on",
+                "warning: MLflow tracking at %s is unavailable (%s while %s: %s); continuing without tracking",
                 self.uri,
-                what,
                 type(exc).__name__,
-                exc,
-            )
-            print(
-                f"warning: MLflow tracking at {self.uri} is unavailable ({type(exc).__name__}); continuing "
-                "without tracking"
+                what,
+                first,
             )
         self.enabled = False
 
@@ -125,6 +121,9 @@ class Tracker:
         finally:
             if self.run_id:
                 self._call("ending a run", self.client.set_terminated, self.run_id, status)
+                if self.enabled and previous is None:
+                    uri = self._call("reading the run", lambda: self.client.get_run(self.run_id).info.artifact_uri)
+                    log.info("MLflow run %s (%s, %s): artifacts in %s", self.run_id, name, status.lower(), uri)
             self.run_id = previous
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -45,8 +46,11 @@ from pumpcast.schema import ConfigError, PumpcastError
 from pumpcast.simulator import ensure_store
 from pumpcast.splits import Split, resolve_split
 from pumpcast.store import TokenDataManager
+from pumpcast.threads import set_threads
 from pumpcast.tracking import MLflowEpochLogger, Tracker
 from pumpcast.windows import Normalizer, WindowDataset, collate_batch, window_span
+
+log = logging.getLogger(__name__)
 
 
 def quiet_lightning() -> None:
@@ -231,7 +235,7 @@ def _check_resume(last: Path, best: Path, epochs: int) -> None:
         raise ConfigError(
             f"resume: {last} is at epoch {int(ckpt['epoch']) + 1}; set epochs above that to continue", "epochs"
         )
-    print(f"resuming from {last}: epoch {int(ckpt['epoch']) + 1}, step {int(ckpt.get('global_step', 0))}")
+    log.info("resuming from %s: epoch %d, step %d", last, int(ckpt["epoch"]) + 1, int(ckpt.get("global_step", 0)))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -310,10 +314,16 @@ class PumpcastDataModule(pl.LightningDataModule):
                     "horizon",
                 )
         self.split = split
+        log.info(
+            "split %s: %d train, %d validation, %d test token(s)",
+            split.strategy,
+            *(len(split.tokens(n)) for n in ("train", "val", "test")),
+        )
         if self.normalizer is None:
             self.normalizer = Normalizer.fit_store(
                 store, split.ranges["train"], L, H, data.window_stride, seed=data.seed
             )
+            log.info("normalisation fitted on training windows")
         if self.cfg.runtime.write_store_files:
             store.save_split(split.to_json() | {"seq_length": L, "horizon": H})
             store.save_normalization(self.normalizer.to_array())
@@ -381,6 +391,18 @@ class _History(Callback):
         self.rows.append(row)
 
 
+class _EpochLine(Callback):
+    """One status line per epoch when there is no progress bar (not a terminal, or --no-progress)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"{k} {float(m[k]):.4f}" for k in ("train_loss_epoch", "val_loss") if k in m]
+        rate = f", {float(m['epoch_samples_per_s']):,.0f} samples/s" if "epoch_samples_per_s" in m else ""
+        log.info("epoch %d/%d: %s%s", trainer.current_epoch + 1, trainer.max_epochs, ", ".join(parts), rate)
+
+
 class _SamplerEpoch(Callback):
     """Tells the shard samplers which epoch starts (Lightning only does so for samplers it made itself)."""
 
@@ -434,6 +456,8 @@ def train(
     """
     rt = cfg.runtime
     pl.seed_everything(cfg.data.seed, workers=True, verbose=False)
+    processes = rt.devices if rt.strategy == "ddp" and isinstance(rt.devices, int) else 1
+    set_threads(rt.threads, processes)
     use_cuda = torch.cuda.is_available() and rt.accelerator in ("auto", "gpu", "cuda")
     data = PumpcastDataModule(cfg, split, normalizer)
     mcfg = model_config(cfg)
@@ -468,6 +492,8 @@ def train(
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     history = _History()
     interrupt = _CheckpointOnInterrupt(ckpt_dir / "last.ckpt")
+    bar = rt.progress_bar and sys.stderr.isatty()
+    stopping = EarlyStopping("val_loss", patience=cfg.optim.patience)
     trainer = pl.Trainer(
         max_epochs=cfg.optim.epochs,
         accelerator=rt.accelerator,
@@ -480,16 +506,17 @@ def train(
         callbacks=[
             checkpoint,
             latest,
-            EarlyStopping("val_loss", patience=cfg.optim.patience),
+            stopping,
             Throughput(),
             _SamplerEpoch(data),
             history,
             interrupt,
+            *([] if bar else [_EpochLine()]),
             *(callbacks or []),
         ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
-        enable_progress_bar=rt.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -511,6 +538,12 @@ def train(
         ) from exc
     if not trainer.is_global_zero:
         return None
+    if stopping.stopped_epoch:
+        log.info(
+            "early stopping after epoch %d: val_loss has not improved for %d epoch(s)",
+            stopping.stopped_epoch + 1,
+            cfg.optim.patience,
+        )
 
     best_path = checkpoint.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -560,7 +593,10 @@ def calibrate(
     the rollout damping."""
     pump = calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day) if bundle.config.pump_head else None
     bundle = replace(bundle, pump=pump)
-    return replace(bundle, rollout_damping=Forecaster(bundle).fit_damping(store, val_ranges))
+    log.info("choosing the rollout damping on %d validation token(s)", len(val_ranges))
+    damping = Forecaster(bundle).fit_damping(store, val_ranges)
+    log.info("rollout damping %g (lowest validation error of long forecasts; 1 = the model's own rollout)", damping)
+    return replace(bundle, rollout_damping=damping)
 
 
 @dataclass

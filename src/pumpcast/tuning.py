@@ -6,9 +6,9 @@ worker processes (on one machine or many) sharing one study through its storage.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing as mp
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from pumpcast.config import TrackingConfig, TrainConfig, TuneConfig, replace_tra
 from pumpcast.files import atomic_write_json
 from pumpcast.schema import ConfigError, PumpcastError
 from pumpcast.simulator import ensure_store
+from pumpcast.threads import available_cores
 from pumpcast.tracking import MLflowEpochLogger, Tracker
 
 #: Search space: a list is a categorical choice; {"low", "high"[, "log"]} a range (int when both are ints).
@@ -35,7 +36,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "patch_len": [8, 16, 32],
     "num_layers": {"low": 1, "high": 4},
 }
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+log = logging.getLogger(__name__)
 
 
 def load_space(path: str | None) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def _objective(
 
 def trial_config(base: TrainConfig, params: dict[str, Any], number: int) -> TrainConfig:
     """A trial's training config: the base with the trial's parameters, writing no model file, no store
-    files and checkpoints of its own."""
+    files and checkpoints of its own (base.runtime.threads is the worker's share of the cores)."""
     cfg = replace_train(base, params, "search space")
     runtime = replace(
         cfg.runtime,
@@ -143,17 +144,13 @@ def _worker(
     tracking: TrackingConfig,
     n_trials: int,
     parent: str | None,
-    threads: int,
     verbose: bool,
 ) -> None:
     """One worker process: runs n_trials of the shared study."""
-    import torch
-
     from pumpcast.training import quiet_lightning
 
     if not verbose:
         quiet_lightning()
-    torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shared = optuna.load_study(study_name=study.study_name, storage=storage_for(study.storage))
     shared.optimize(
@@ -161,7 +158,13 @@ def _worker(
         n_trials=n_trials,
         timeout=study.timeout,
         catch=(PumpcastError,),
+        callbacks=[_log_trial],
     )
+
+
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    value = f"val_loss {trial.value:.4f}" if trial.value is not None else ""
+    log.info("trial %d %s %s %s", trial.number, trial.state.name.lower(), value, json.dumps(trial.params))
 
 
 def tune(
@@ -189,6 +192,7 @@ def tune(
         entry = space[name]
         replace_train(base, {name: entry[0] if isinstance(entry, list) else entry["low"]}, "search space")
     ensure_store(base.data)  # once, before the workers start, so no two trials generate data at once
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     sampler = optuna.samplers.TPESampler(seed=base.data.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     optuna.create_study(
@@ -201,7 +205,11 @@ def tune(
     )
     workers = study.workers
     shares = [study.n_trials // workers + (i < study.n_trials % workers) for i in range(workers)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = base.runtime.threads or max(1, available_cores() // workers)
+    base = replace(base, runtime=replace(base.runtime, threads=threads))
+    log.info(
+        "study %r: %d trial(s) over %d worker(s), %d thread(s) each", study.study_name, study.n_trials, workers, threads
+    )
     tracker = Tracker(tracking)
     with tracker.run(f"tune {study.study_name}", tags={"pumpcast.command": "tune"}) as parent:
         tracker.log_params(
@@ -215,10 +223,10 @@ def tune(
         )
         args = (base, space, study, tracking)
         if workers == 1:
-            _worker(*args, shares[0], parent.run_id, threads, verbose)
+            _worker(*args, shares[0], parent.run_id, verbose)
         else:
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker, args=(*args, n, parent.run_id, threads, verbose)) for n in shares if n]
+            procs = [ctx.Process(target=_worker, args=(*args, n, parent.run_id, verbose)) for n in shares if n]
             for p in procs:
                 p.start()
             for p in procs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -48,6 +49,34 @@ TITLES = {
 }
 
 
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    from pumpcast import __version__
+
+    p.add_argument("--version", action="version", version=f"pumpcast {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the libraries' log lines and warnings")
+    p.add_argument("-q", "--quiet", action="store_true", help="no status lines, only results and errors")
+
+
+def _configure_output(verbose: bool, quiet: bool) -> None:
+    """pumpcast's status lines on stderr (one per phase; none with --quiet); libraries' log lines and warnings
+    only with -v."""
+    pkg = logging.getLogger("pumpcast")
+    for handler in [h for h in pkg.handlers if getattr(h, "pumpcast_cli", False)]:
+        pkg.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.pumpcast_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    pkg.addHandler(handler)
+    pkg.propagate = False
+    pkg.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
+        warnings.simplefilter("ignore")
+
+
 def _settings(p: argparse.ArgumentParser, sections: dict[str, type], config_flag: bool = True) -> None:
     """Flags of the given sections, the --config flag, and the sections recorded for to_config."""
     for name, cls in sections.items():
@@ -63,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION + " `pumpcast COMMAND --help` lists a command's flags.",
         allow_abbrev=False,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    _output_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, func) -> argparse.ArgumentParser:
@@ -169,7 +198,7 @@ def build_trainer_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tune hyperparameters with Optuna first, then train the final model with the best trial's",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    _output_flags(p)
     _settings(p, TRAIN_SECTIONS | {"test": TestConfig, "tracking": TrackingConfig, "tune": TuneConfig})
     p.set_defaults(func=commands.pump_trainer)
     return p
@@ -183,9 +212,7 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
         return int(exc.code or 0)
     verbose = getattr(args, "verbose", False)
-    if not verbose:  # the terminal is for pumpcast's own lines; -v shows the libraries' warnings too
-        warnings.simplefilter("ignore")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _configure_output(verbose, getattr(args, "quiet", False))
     if not verbose and "optim" in args.sections:  # training commands: our output, not framework chatter
         from pumpcast.training import quiet_lightning
 
