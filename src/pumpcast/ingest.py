@@ -6,6 +6,8 @@ marked absent in the store's availability mask: never zeros.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from pumpcast.schema import (
     ConfigError,
     DataError,
     Event,
+    PumpcastError,
     TokenSeries,
 )
 from pumpcast.store import TokenDataManager
@@ -37,7 +40,7 @@ TRADE_COLUMNS: dict[str, tuple[str, ...]] = {
     "side": ("side", "taker_side"),
     "price": ("price",),
     "amount": ("amount", "qty", "quantity", "base_volume", "size"),
-    "quote": ("quote_volume", "btc_volume", "quote_qty", "usd_volume", "value"),
+    "quote": ("quote_volume", "btc_volume", "quote_qty", "usd_volume", "value", "cost"),
     "symbol": ("symbol", "pair", "market"),
     "address": ("address", "token_address", "mint"),
     "liquidity": ("liquidity", "pool_liquidity", "reserve_usd"),
@@ -49,7 +52,8 @@ CANDLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "high": ("high",),
     "low": ("low",),
     "close": ("close",),
-    "volume": ("volume", "quote_volume"),
+    "volume": ("volume",),
+    "quote_volume": ("quote_volume", "quote_asset_volume"),
     "symbol": ("symbol", "pair", "market"),
     "address": ("address", "token_address", "mint"),
     "buys": ("buys", "buy_count"),
@@ -59,18 +63,137 @@ CANDLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, gzip-compressed CSV or Parquet file into a frame, with a one-line error if that fails."""
+#: Headerless layouts, told apart by their number of columns (and the kind of data asked for).
+HEADERLESS: dict[tuple[str, int], tuple[str, ...]] = {
+    # Binance public data: klines, trades, aggTrades; Kraken's and similar exchanges' trade dumps
+    ("candles", 12): (
+        "timestamp",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "close_time",
+        "quote_volume",
+        "trades",
+        "taker_buy_base",
+        "taker_buy_quote",
+        "ignore",
+    ),
+    ("candles", 6): ("timestamp", "open", "high", "low", "close", "volume"),
+    ("trades", 3): ("timestamp", "price", "amount"),
+    ("trades", 7): ("id", "price", "amount", "quote_volume", "timestamp", "is_buyer_maker", "is_best_match"),
+    ("trades", 8): (
+        "agg_id",
+        "price",
+        "amount",
+        "first_id",
+        "last_id",
+        "timestamp",
+        "is_buyer_maker",
+        "is_best_match",
+    ),
+}
+#: JSON lists of lists: ccxt fetch_ohlcv (6 values) and freqtrade's trades files (7 values).
+JSON_ROWS: dict[int, tuple[str, ...]] = {
+    6: ("timestamp", "open", "high", "low", "close", "volume"),
+    7: ("timestamp", "id", "type", "side", "price", "amount", "cost"),
+}
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".feather", ".json", ".json.gz")
+
+
+def read_table(path: str | Path, kind: str | None = None) -> pd.DataFrame:
+    """A file as a frame, its format told from its name and content: CSV (with a header, or one of the
+    headerless layouts of `kind`: Binance klines, trades and aggTrades, Kraken trades), gzip CSV, Parquet,
+    Feather (freqtrade), JSON (ccxt fetch_ohlcv / fetch_trades dumps, freqtrade trades). One-line errors."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
+    name = path.name.lower()
     try:
-        if path.suffix == ".parquet":
+        if name.endswith(".parquet"):
             return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except Exception as exc:  # pandas raises many types for unreadable input
+        if name.endswith(".feather"):
+            return pd.read_feather(path)
+        if name.endswith((".json", ".json.gz")):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rt") as fh:
+                return _json_frame(json.load(fh), path)
+        frame = pd.read_csv(path)
+    except PumpcastError:
+        raise
+    except Exception as exc:  # pandas and pyarrow raise many types for unreadable input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DataError(f"{path}: cannot be read as CSV/Parquet ({type(exc).__name__}: {first})") from exc
+        raise DataError(f"{path}: cannot be read ({type(exc).__name__}: {first})") from exc
+    if kind and len(frame.columns) and all(_is_number(c) for c in frame.columns):
+        layout = HEADERLESS.get((kind, len(frame.columns)))
+        if layout is None:
+            known = ", ".join(f"{n} columns" for k, n in HEADERLESS if k == kind)
+            raise DataError(
+                f"{path}: has no header and {len(frame.columns)} columns; headerless {kind} files pumpcast knows have "
+                f"{known}; add a header row naming the columns"
+            )
+        frame = pd.read_csv(path, header=None, names=list(layout))
+        if "is_buyer_maker" in frame:  # the maker bought, so the taker sold
+            maker_bought = frame["is_buyer_maker"].astype(str).str.lower().isin(("true", "1"))
+            frame["side"] = np.where(maker_bought, "sell", "buy")
+    return frame
+
+
+def _is_number(text: object) -> bool:
+    """Whether a column name is really a data value (a number, or a boolean that pandas may have suffixed
+    with .1, .2 to keep names unique): then the file has no header."""
+    word = str(text).lower()
+    if word in ("true", "false"):
+        return True
+    try:
+        float(word)
+    except ValueError:
+        base, _, suffix = word.rpartition(".")
+        return bool(base) and suffix.isdigit() and _is_number(base)
+    return True
+
+
+def _json_frame(data: object, path: Path) -> pd.DataFrame:
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data[:100]):
+        return pd.DataFrame.from_records(data)  # ccxt fetch_trades / fetch_ohlcv as records
+    if isinstance(data, list) and data and isinstance(data[0], list) and len(data[0]) in JSON_ROWS:
+        return pd.DataFrame(data, columns=list(JSON_ROWS[len(data[0])]))
+    raise DataError(
+        f"{path}: JSON that is neither a list of records nor lists of 6 (OHLCV) or 7 (freqtrade trades) values"
+    )
+
+
+def symbol_from_name(path: Path) -> str:
+    """A pair's name from a data file's name: freqtrade's XRP_ETH-1m.feather -> XRP/ETH; else the name up to
+    its first '-' or '.' (Binance's XRPETH-1m-2019-10.csv -> XRPETH)."""
+    stem = path.name.split(".")[0].split("-")[0]
+    parts = stem.split("_")
+    return "/".join(parts) if len(parts) == 2 and all(p.isalnum() for p in parts) else stem
+
+
+def quote_asset(symbol: str) -> str:
+    """ATM/BTC -> BTC; '' when the symbol does not say."""
+    return symbol.split("/")[1].split(":")[0] if "/" in symbol else ""
+
+
+def expand_inputs(files: Sequence[str | Path], kind: str) -> list[Path]:
+    """Files as given, with each folder replaced by its data files of that kind (a freqtrade data directory:
+    trades files are the ones named *-trades.*)."""
+    out: list[Path] = []
+    for f in map(Path, files):
+        if not f.is_dir():
+            out.append(f)
+            continue
+        found = sorted(
+            p
+            for p in f.iterdir()
+            if p.name.lower().endswith(DATA_SUFFIXES) and ("-trades" in p.name) == (kind == "trades")
+        )
+        if not found:
+            raise DataError(f"{f}: no {kind} data files ({', '.join(DATA_SUFFIXES)}) in this folder")
+        out.extend(found)
+    return out
 
 
 def _resolve(
@@ -210,7 +333,7 @@ def _token_key(address: str | None, symbol: str, first_ms: int) -> str:
 def _group_by_symbol(df: pd.DataFrame, cols: dict[str, str], path: Path, symbol: str | None):
     """Yield (symbol, address, rows) per pair in the file; a file with no symbol column is one pair."""
     if symbol is not None or "symbol" not in cols:
-        yield (symbol or path.name.split(".")[0]), _first(df, cols, "address"), df
+        yield (symbol or symbol_from_name(path)), _first(df, cols, "address"), df
         return
     for sym, rows in df.groupby(cols["symbol"], sort=True):
         yield str(sym), _first(rows, cols, "address"), rows
@@ -250,18 +373,25 @@ def _last_per_bar(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _source(source: str | Path | pd.DataFrame, kind: str) -> tuple[pd.DataFrame, Path]:
+    """A file (read in whatever format it is) or a DataFrame given directly, and the name errors use."""
+    if isinstance(source, pd.DataFrame):
+        return source, Path("<DataFrame>")
+    return read_table(source, kind), Path(source)
+
+
 def trades_to_bars(
-    path: str | Path,
+    source: str | Path | pd.DataFrame,
     interval: str = "1min",
     columns: dict[str, str] | None = None,
     symbol: str | None = None,
     key: str | None = None,
 ) -> list[TokenSeries]:
-    """Aggregate a trade list into bars: price = last trade (carried forward over empty bars), volume = quote
-    volume, buys/sells = trade counts per taker side; liquidity and market cap only where the file has them."""
-    path = Path(path)
+    """Aggregate a trade list (a file in any supported format, or a DataFrame) into bars: price = last trade
+    (carried forward over empty bars), volume = quote volume, buys/sells = trade counts per taker side (absent
+    when the trades have no side); liquidity and market cap only where the file has them."""
     interval_ms = parse_interval(interval)
-    df = read_table(path)
+    df, path = _source(source, "trades")
     cols = _resolve(df, path, TRADE_COLUMNS, columns or {}, required=("timestamp", "price"))
     if "amount" not in cols and "quote" not in cols:
         raise DataError(
@@ -301,23 +431,32 @@ def trades_to_bars(
             feats[:, SELLS] = np.bincount(idx, weights=is_sell.astype(float), minlength=n)
         _fill_pool_features(feats, rows, cols, idx, path)
         token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
-        out.append(TokenSeries(token_key, sym, f"trades:{path.name}", interval_ms, bar_ts, feats))
+        out.append(
+            TokenSeries(token_key, sym, f"trades:{path.name}", interval_ms, bar_ts, feats, quote_asset=quote_asset(sym))
+        )
     return out
 
 
 def candles_to_bars(
-    path: str | Path,
+    source: str | Path | pd.DataFrame,
     interval: str = "1min",
     columns: dict[str, str] | None = None,
     symbol: str | None = None,
     key: str | None = None,
+    volume_unit: str = "base",
 ) -> list[TokenSeries]:
-    """Turn OHLCV candles into bars: price = close, volume = volume; missing candles carry the close forward
-    with zero volume. Candles at a finer interval are aggregated; identical duplicates are dropped."""
-    path = Path(path)
+    """Turn OHLCV candles (a file in any supported format, or a DataFrame) into bars: price = close; volume =
+    the quote volume when the candles have it (Binance klines), else their volume, stored in volume_unit
+    ("base" for freqtrade, ccxt and Binance candles); missing candles carry the close forward with zero
+    volume. Finer candles are aggregated; coarser ones are refused; identical duplicates are dropped."""
+    if volume_unit not in ("base", "quote"):
+        raise ConfigError(f"volume_unit {volume_unit!r}: choose base or quote", "volume_unit")
     interval_ms = parse_interval(interval)
-    df = read_table(path)
-    cols = _resolve(df, path, CANDLE_COLUMNS, columns or {}, required=("timestamp", "close", "volume"))
+    df, path = _source(source, "candles")
+    cols = _resolve(df, path, CANDLE_COLUMNS, columns or {}, required=("timestamp", "close"))
+    if "volume" not in cols and "quote_volume" not in cols:
+        raise DataError(f"{path}: needs a volume column; columns are {list(df.columns)}; name it with --volume-col")
+    unit, vol_col = ("quote", cols["quote_volume"]) if "quote_volume" in cols else (volume_unit, cols["volume"])
     if df.empty:
         raise DataError(f"{path}: has no rows")
     out = []
@@ -333,8 +472,14 @@ def candles_to_bars(
                 raise DataError(f"{path}: two different candles share the timestamp {t}; remove one and ingest again")
             log.warning("%s: dropped %d duplicated candle(s)", path, int(dup.sum()))
             rows, ts = rows.iloc[~dup], ts[~dup]
+        step = int(np.median(np.diff(ts))) if ts.size > 2 else interval_ms
+        if step > interval_ms:
+            raise DataError(
+                f"{path}: its candles are {step // 1000} s apart, longer than the {interval_ms // 1000} s bars asked "
+                f"for; ingest them with --interval {step // 1000}s (candles cannot be split)"
+            )
         close = _positive(rows[cols["close"]], path, cols["close"], "price")
-        volume = _nonnegative(rows[cols["volume"]], path, cols["volume"])
+        volume = _nonnegative(rows[vol_col], path, vol_col)
         idx, bar_ts = _bar_index(ts, interval_ms, path)
         n = bar_ts.size
         feats = np.full((n, len(FEATURES)), np.nan)
@@ -347,7 +492,18 @@ def candles_to_bars(
                 )
         _fill_pool_features(feats, rows, cols, idx, path)
         token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
-        out.append(TokenSeries(token_key, sym, f"candles:{path.name}", interval_ms, bar_ts, feats))
+        out.append(
+            TokenSeries(
+                token_key,
+                sym,
+                f"candles:{path.name}",
+                interval_ms,
+                bar_ts,
+                feats,
+                volume_unit=unit,
+                quote_asset=quote_asset(sym),
+            )
+        )
     return out
 
 
@@ -399,18 +555,25 @@ def ingest_files(
     symbol: str | None = None,
     key: str | None = None,
     events: str | Path | None = None,
+    volume_unit: str = "base",
+    allow_mixed_intervals: bool = False,
 ) -> list[int]:
-    """Read every file first (so one bad file leaves the store untouched), then store all tokens at once."""
+    """Read every file first (so one bad file leaves the store untouched), then store all tokens in one
+    transaction. Folders (freqtrade data directories) stand for their data files of this kind."""
 
     if kind not in ("trades", "candles"):
         raise DataError(f"ingest {kind!r}: choose trades or candles")
-    reader = trades_to_bars if kind == "trades" else candles_to_bars
+    files = expand_inputs(files, kind)
+    extra = {"volume_unit": volume_unit} if kind == "candles" else {}
     if key and len(files) > 1:
         raise ConfigError("key names one token: give it with a single input file", "key")
     event_table = read_events(events) if events else None
     series = []
     for f in files:
-        for bars in reader(f, interval=interval, columns=columns, symbol=symbol, key=key):
+        reader = trades_to_bars if kind == "trades" else candles_to_bars
+        bars_of_file = reader(f, interval=interval, columns=columns, symbol=symbol, key=key, **extra)
+        log.info("%s: %s", f, ", ".join(f"{b.symbol} {len(b.timestamps):,} bars" for b in bars_of_file))
+        for bars in bars_of_file:
             bars.events_known = event_table is not None
             series.append(attach_events(bars, event_table) if event_table is not None else bars)
-    return TokenDataManager(data_dir).write(series)
+    return TokenDataManager(data_dir).write(series, allow_mixed_intervals)

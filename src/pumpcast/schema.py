@@ -93,6 +93,22 @@ class TokenSeries:
     events: list[Event] = field(default_factory=list)
     token_id: int = -1
     events_known: bool = True  # False when nobody told us the token's events: no pump labels, not "no pumps"
+    volume_unit: str = "quote"  # "quote": volume in the quote asset (trades, pools); "base": in the token itself
+    quote_asset: str = ""  # what prices and quote volume are in (BTC for ATM/BTC), "" when unknown
+
+    def to_pandas(self):
+        """The bars as a DataFrame: `time` (UTC, each bar's start) and the six features (NaN where absent), as
+        `pumpcast export` writes them and `Forecaster.predict` reads them."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.features, columns=list(FEATURES))
+        frame.insert(0, "time", pd.to_datetime(self.timestamps, unit="ms", utc=True))
+        return frame
+
+    @property
+    def unit_label(self) -> str:
+        """What the price is in, for axis labels ("BTC", or "quote" when unknown)."""
+        return self.quote_asset or "quote"
 
     @property
     def mask(self) -> np.ndarray:

@@ -281,6 +281,7 @@ def generate_to_store(
     seed: int = 0,
     interval: str = "1min",
     workers: int | None = None,
+    allow_mixed_intervals: bool = False,
 ) -> list[int]:
     """Simulate tokens 0..num_tokens-1 into the store (regenerating replaces the same keys).
 
@@ -305,6 +306,7 @@ def generate_to_store(
         f" (the store holds {stored} token(s); same keys are replaced, new ones added)" if stored else "",
     )
     with store.transaction() as txn:
+        store.check_interval(txn.meta, {interval_ms}, allow_mixed_intervals)
         key_ids = txn.assign(f"synthetic:{seed}:{i}" for i in range(num_tokens))
         ids = {i: key_ids[f"synthetic:{seed}:{i}"] for i in range(num_tokens)}
         tasks = [

@@ -182,10 +182,18 @@ class TokenDataManager:
                 "wait for it to finish and run again"
             ) from exc
 
-    def write(self, tokens: Iterable[TokenSeries]) -> list[int]:
+    def write(self, tokens: Iterable[TokenSeries], allow_mixed_intervals: bool = False) -> list[int]:
         """Store tokens in one transaction: a key already stored is replaced (same id), a new key gets the next
-        id. All of them or none are in the store afterwards, whenever the process dies."""
+        id. All of them or none are in the store afterwards, whenever the process dies. Tokens whose bar
+        interval differs from the store's are refused unless allow_mixed_intervals."""
+        tokens = list(tokens)
+        seen: dict[str, str] = {}
+        for tok in tokens:
+            if tok.key in seen:
+                raise DataError(f"{tok.key}: given twice ({seen[tok.key]} and {tok.source}); store one of them")
+            seen[tok.key] = tok.source
         with self.transaction() as txn:
+            self.check_interval(txn.meta, {t.interval_ms for t in tokens}, allow_mixed_intervals)
             for tok in tokens:
                 tok.token_id = txn.assign([tok.key])[tok.key]
                 txn.add([self.stage_token(tok, txn.txid)])
@@ -204,6 +212,18 @@ class TokenDataManager:
                 self._remove_staged()
                 raise
             self._commit(txn)
+
+    def check_interval(self, meta: dict[str, Any], intervals: set[int], allow_mixed: bool) -> None:
+        """Refuse bars of another length than the store's: a model reads steps, and mixed lengths make one
+        step mean two durations."""
+        stored = {int(e["interval_ms"]) for e in meta["tokens"].values()}
+        if not allow_mixed and len(stored | intervals) > 1:
+            have = ", ".join(f"{ms // 1000} s" for ms in sorted(stored)) or "none"
+            new = ", ".join(f"{ms // 1000} s" for ms in sorted(intervals))
+            raise DataError(
+                f"{self.dir}: holds bars of {have}, the new ones are {new}; use another store (data_dir) or "
+                "allow_mixed_intervals (--allow-mixed-intervals)"
+            )
 
     @staticmethod
     def assign_ids(meta: dict[str, Any], keys: Iterable[str]) -> dict[str, int]:
@@ -271,6 +291,8 @@ class TokenDataManager:
             "available": tok.available,
             "events": len(tok.events),
             "events_known": bool(tok.events_known),
+            "volume_unit": tok.volume_unit,
+            "quote_asset": tok.quote_asset,
         }
 
     def _write_token(self, tok: TokenSeries, path: Path, txid: str) -> None:
@@ -312,6 +334,8 @@ class TokenDataManager:
                 f.attrs["symbol"] = tok.symbol
                 f.attrs["source"] = tok.source
                 f.attrs["events_known"] = bool(tok.events_known)
+                f.attrs["volume_unit"] = tok.volume_unit
+                f.attrs["quote_asset"] = tok.quote_asset
                 f.attrs["txid"] = txid
 
         atomic_write(path, write, suffix=".h5")
@@ -371,6 +395,8 @@ class TokenDataManager:
                     events=array_to_events(f["events"][()]),
                     token_id=int(token_id),
                     events_known=bool(f.attrs.get("events_known", True)),
+                    volume_unit=str(f.attrs.get("volume_unit", "quote")),
+                    quote_asset=str(f.attrs.get("quote_asset", "")),
                 )
                 return tok, str(f.attrs.get("txid", ""))
         except PumpcastError:

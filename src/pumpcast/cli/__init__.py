@@ -102,11 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", "simulate synthetic token markets into a store", commands.generate)
     add_settings(p, DataConfig, "data", only=("data_dir", "num_tokens", "timesteps", "seed", "interval"))
+    p.add_argument("--allow-mixed-intervals", action="store_true", help="let bars of another length join the store")
     p.set_defaults(sections={"data": DataConfig})
 
     p = command("ingest", "turn trade lists or OHLCV candles into bars in a store", commands.ingest)
     p.add_argument("kind", choices=("trades", "candles"))
-    p.add_argument("files", nargs="+", help="CSV, CSV.gz or Parquet files")
+    p.add_argument(
+        "files",
+        nargs="+",
+        help="CSV (with a header, or Binance/Kraken headerless layouts), CSV.gz, Parquet, Feather or JSON (ccxt, "
+        "freqtrade) files, or freqtrade data folders",
+    )
+    p.add_argument(
+        "--volume-unit",
+        choices=("base", "quote"),
+        default="base",
+        help="what a candle file's volume counts (default: base, as freqtrade, ccxt and Binance write it; "
+        "Binance klines' quote volume is used when present)",
+    )
+    p.add_argument("--allow-mixed-intervals", action="store_true", help="let bars of another length join the store")
     p.add_argument("--events", help="CSV of known event times (symbol, time[, type, end])")
     p.add_argument("--symbol", help="pair name when the file has no symbol column")
     p.add_argument("--key", help="store key (address) for a single-file ingest")

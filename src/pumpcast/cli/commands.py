@@ -41,7 +41,9 @@ def generate(args: argparse.Namespace) -> None:
     from pumpcast.simulator import generate_to_store
 
     d = _config(args)["data"]
-    ids = generate_to_store(d.data_dir, d.num_tokens, d.timesteps, d.seed, d.interval)
+    ids = generate_to_store(
+        d.data_dir, d.num_tokens, d.timesteps, d.seed, d.interval, allow_mixed_intervals=args.allow_mixed_intervals
+    )
     print(f"generated {len(ids)} synthetic tokens x {d.timesteps} steps into {d.data_dir}")
 
 
@@ -50,7 +52,18 @@ def ingest(args: argparse.Namespace) -> None:
 
     d = _config(args)["data"]
     columns = {k: getattr(args, f"{k}_col") for k in COLUMN_FLAGS if getattr(args, f"{k}_col", None)}
-    ids = ingest_files(args.kind, args.files, d.data_dir, d.interval, columns, args.symbol, args.key, args.events)
+    ids = ingest_files(
+        args.kind,
+        args.files,
+        d.data_dir,
+        d.interval,
+        columns,
+        args.symbol,
+        args.key,
+        args.events,
+        volume_unit=args.volume_unit,
+        allow_mixed_intervals=args.allow_mixed_intervals,
+    )
     print(f"ingested {len(ids)} token(s) into {d.data_dir}: ids {ids}")
 
 
