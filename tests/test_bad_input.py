@@ -47,7 +47,7 @@ def store_dir(tmp_path):
 
 def _fails_cleanly(capsys, store_dir, argv, *needles):
     before = _snapshot(store_dir)
-    assert main(argv) == 2
+    assert main(["-q", *argv]) == 2  # no status lines: stderr holds the refusal alone
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err  # one line
     for n in needles:

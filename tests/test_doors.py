@@ -29,7 +29,7 @@ def work(tmp_path_factory):
 
 
 def _refused(capsys, argv: list[str], *expected: str) -> str:
-    code = main(argv)
+    code = main(["-q", *argv])  # no status lines: stderr holds the refusal alone
     err = capsys.readouterr().err
     assert code != 0, f"accepted: {argv}"
     assert err.startswith("error: ") and err.count("\n") == 1, f"not one line: {err!r}"

@@ -280,9 +280,15 @@ def _positive(series: pd.Series, path: Path, column: str, what: str) -> np.ndarr
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}: column {column!r} row {row + 2} has {what} {series.iloc[row]!r}; {what}s must be positive numbers"
+            f"{path}: column {column!r} row {row + 2} has {what} {_shown(series.iloc[row])}; {what}s must be positive "
+            "numbers"
         )
     return values
+
+
+def _shown(value: object) -> str:
+    """A cell as a message shows it: text quoted, numbers plain."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _nonnegative(series: pd.Series, path: Path, column: str) -> np.ndarray:
@@ -290,7 +296,9 @@ def _nonnegative(series: pd.Series, path: Path, column: str) -> np.ndarray:
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: column {column!r} row {row + 2} has {series.iloc[row]!r}; expected a number >= 0")
+        raise DataError(
+            f"{path}: column {column!r} row {row + 2} has {_shown(series.iloc[row])}; expected a number >= 0"
+        )
     return values
 
 

@@ -191,13 +191,14 @@ def tune(
     for name in space:  # a space entry that names no setting fails here, not in every trial
         entry = space[name]
         replace_train(base, {name: entry[0] if isinstance(entry, list) else entry["low"]}, "search space")
+    storage = storage_for(study.storage)  # a bad URL is refused before any work
     ensure_store(base.data)  # once, before the workers start, so no two trials generate data at once
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     sampler = optuna.samplers.TPESampler(seed=base.data.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     optuna.create_study(
         study_name=study.study_name,
-        storage=storage_for(study.storage),
+        storage=storage,
         direction="minimize",
         sampler=sampler,
         pruner=pruner,

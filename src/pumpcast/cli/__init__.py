@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from pumpcast.cli import commands
 from pumpcast.cli.flags import Parser, add_config_flag, add_settings, bounded_int, flag_message, probability
@@ -57,15 +58,29 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no status lines, only results and errors")
 
 
-def _configure_output(verbose: bool, quiet: bool) -> None:
-    """pumpcast's status lines on stderr (one per phase; none with --quiet); libraries' log lines and warnings
-    only with -v."""
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and notebooks swap it)."""
+
+    pumpcast_cli = True
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+@contextmanager
+def _output(verbose: bool, quiet: bool) -> Iterator[None]:
+    """For one command: pumpcast's status lines on stderr (one per phase; none with --quiet); the libraries'
+    log lines and warnings only with -v. Python callers of the library see none of it unless they set up
+    logging themselves."""
     pkg = logging.getLogger("pumpcast")
-    for handler in [h for h in pkg.handlers if getattr(h, "pumpcast_cli", False)]:
-        pkg.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.pumpcast_cli = True  # type: ignore[attr-defined]
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = pkg.level, pkg.propagate
     pkg.addHandler(handler)
     pkg.propagate = False
     pkg.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
@@ -74,7 +89,15 @@ def _configure_output(verbose: bool, quiet: bool) -> None:
     )
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
-        warnings.simplefilter("ignore")
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        pkg.removeHandler(handler)
+        pkg.setLevel(saved[0])
+        pkg.propagate = saved[1]
 
 
 def _settings(p: argparse.ArgumentParser, sections: dict[str, type], config_flag: bool = True) -> None:
@@ -226,19 +249,19 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
         return int(exc.code or 0)
     verbose = getattr(args, "verbose", False)
-    _configure_output(verbose, getattr(args, "quiet", False))
-    if not verbose and "optim" in args.sections:  # training commands: our output, not framework chatter
-        from pumpcast.training import quiet_lightning
+    with _output(verbose, getattr(args, "quiet", False)):
+        if not verbose and "optim" in args.sections:  # training commands: our output, not framework chatter
+            from pumpcast.training import quiet_lightning
 
-        quiet_lightning()
-    try:
-        status = args.func(args)
-    except ConfigError as exc:
-        print(f"error: {_one_line(flag_message(exc, args.sections.values()))}", file=sys.stderr)
-        return 2
-    except PumpcastError as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+            quiet_lightning()
+        try:
+            status = args.func(args)
+        except ConfigError as exc:
+            print(f"error: {_one_line(flag_message(exc, args.sections.values()))}", file=sys.stderr)
+            return 2
+        except PumpcastError as exc:
+            print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+            return getattr(exc, "exit_code", 2)
     return status or 0
 
 
