@@ -7,10 +7,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import TINY_MODEL
 
 from pumpcast.cli import main
 from pumpcast.detection import PumpDetector, calibrate
+from pumpcast.forecasting import Forecaster
 from pumpcast.modelfile import load_model_file
 from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager
@@ -198,3 +200,34 @@ def test_update_bar_by_bar_equals_score_on_the_whole_history(trained, tmp_path):
     assert onsets.size > 0
     live.reset()  # a new feed starts from nothing
     assert np.isnan(live.update(feats[0]).probability)
+
+
+def test_onnx_export_matches_torch(trained, tmp_path, capsys):
+    model, onnx_path = str(trained / "m.pth"), str(tmp_path / "m.onnx")
+    assert main(["export-model", "--load-model", model, "--format", "onnx", "--output", onnx_path]) == 0
+    feats = TokenDataManager(trained / "data").read_features(0)[:400]
+    torch_f, onnx_f = Forecaster.load(model), Forecaster.load(onnx_path)
+    z = torch.randn(16, torch_f.seq_len, 6)
+    mask = torch.rand(16, torch_f.seq_len, 6) > 0.1
+    with torch.no_grad():  # the network itself: within 1e-5 on the same windows
+        for a, b in zip(onnx_f.model(z, mask), torch_f.model(z, mask), strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    one_pass = torch_f.horizon  # a forecast of one pass, in prices: within 1e-5 relative
+    np.testing.assert_allclose(
+        onnx_f.rollout(feats[None], one_pass)[..., 0], torch_f.rollout(feats[None], one_pass)[..., 0], rtol=1e-5
+    )
+    assert onnx_f.bundle.rollout_damping == torch_f.bundle.rollout_damping  # the metadata travels along
+    np.testing.assert_allclose(
+        PumpDetector.load(onnx_path).score(feats), PumpDetector.load(model).score(feats), rtol=1e-5, atol=1e-7
+    )
+    out = tmp_path / "f.csv"
+    assert (
+        main(["export", "--data-dir", str(trained / "data"), "--token-id", "0", "--output", str(tmp_path / "h.csv")])
+        == 0
+    )
+    args = ["predict", "--input", str(tmp_path / "h.csv"), "--steps", "5", "--output", str(out)]
+    assert main([*args, "--load-model", onnx_path]) == 0
+    assert len(pd.read_csv(out)) == 5
+    (tmp_path / "x.onnx").write_text("not onnx")
+    assert main([*args, "--load-model", str(tmp_path / "x.onnx")]) == 2
+    assert "not an ONNX file written by pumpcast" in capsys.readouterr().err

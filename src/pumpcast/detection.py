@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.modelfile import ModelBundle
+from pumpcast.onnxfile import load_bundle
 from pumpcast.pumps import (
     BASELINES,
     PUMP_TARGETS,
@@ -108,7 +109,7 @@ class PumpDetector:
 
     @classmethod
     def load(cls, path: str | Path, threshold: float | None = None, device: str | torch.device = "cpu"):
-        return cls(load_model_file(path), threshold, device)
+        return cls(load_bundle(path), threshold, device)
 
     # ------------------------------------------------------------------ whole histories
     def logits(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:

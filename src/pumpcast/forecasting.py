@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
 from pumpcast.losses import get_loss
-from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.modelfile import ModelBundle
+from pumpcast.onnxfile import load_bundle
 from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, ConfigError, DataError
 from pumpcast.windows import relative, to_base
 
@@ -41,7 +42,8 @@ class Forecaster:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Forecaster:
-        return cls(load_model_file(path), device)
+        """From a model file (.pth) or an exported network (.onnx, run with onnxruntime)."""
+        return cls(load_bundle(path), device)
 
     @torch.inference_mode()
     def rollout(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:

@@ -52,7 +52,7 @@ class ModelBundle:
     """A trained model with its configs, feature names and normalisation, and what was chosen on validation
     data: the pump calibration (None without a pump head) and the rollout damping."""
 
-    model: PumpcastTransformer
+    model: PumpcastTransformer  # or an onnxfile.OnnxNetwork, which is called the same way
     normalizer: Normalizer
     data: DataInfo = field(default_factory=DataInfo)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -84,11 +84,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
-    """Write the model file atomically (a crash leaves the previous file intact)."""
+def bundle_payload(bundle: ModelBundle) -> dict[str, Any]:
+    """Everything of a bundle but its weights, as plain data (the model file adds the weights, an ONNX file
+    keeps it as metadata beside its network)."""
     from pumpcast import __version__
 
-    payload = {
+    return {
         "format_version": FORMAT_VERSION,
         "pumpcast_version": __version__,
         "features": list(bundle.features),
@@ -98,8 +99,13 @@ def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
         "metrics": {k: float(v) for k, v in bundle.metrics.items()},
         "pump": _plain(bundle.pump.to_dict()) if bundle.pump is not None else None,
         "rollout_damping": float(bundle.rollout_damping),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()},
     }
+
+
+def save_model_file(bundle: ModelBundle, path: str | Path) -> Path:
+    """Write the model file atomically (a crash leaves the previous file intact)."""
+    payload = bundle_payload(bundle)
+    payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
     path = Path(path)
     atomic_write(path, lambda p: torch.save(payload, p), suffix=".pth")
     return path
@@ -139,22 +145,34 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ModelFileError(f"{path}: not a pumpcast model file")
     payload = _migrate(payload, path)
     try:
-        if tuple(payload["features"]) != FEATURES:
-            raise ModelFileError(
-                f"{path}: model trained on features {payload['features']}, this pumpcast uses {FEATURES}"
-            )
         model = PumpcastTransformer(ModelConfig.from_dict(payload["model_config"]))
         model.load_state_dict(payload["state_dict"])
         broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if broken:
             raise ModelFileError(f"{path}: weights {broken[:3]} hold NaN or infinite values; retrain the model")
+    except ModelFileError:
+        raise
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: bad model config ({exc})") from exc
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: damaged model file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    return bundle_from_payload(payload, model.eval(), path)
+
+
+def bundle_from_payload(payload: dict[str, Any], model: Any, path: Path) -> ModelBundle:
+    """A bundle from a (migrated) payload and its network, every part checked; one-line errors name path."""
+    try:
+        if tuple(payload["features"]) != FEATURES:
+            raise ModelFileError(
+                f"{path}: model trained on features {payload['features']}, this pumpcast uses {FEATURES}"
+            )
         norm = payload["normalization"]
         center, scale = np.asarray(norm["center"], dtype=np.float64), np.asarray(norm["scale"], dtype=np.float64)
         if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise ModelFileError(f"{path}: its normalisation must be finite with positive scales; retrain the model")
         pump = payload.get("pump")
         return ModelBundle(
-            model=model.eval(),
+            model=model,
             normalizer=Normalizer(center, scale),
             data=DataInfo.from_dict(payload.get("data_config", {})),
             metrics=payload.get("metrics", {}),
@@ -164,7 +182,5 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except ModelFileError:
         raise
-    except ConfigError as exc:
-        raise ModelFileError(f"{path}: bad model config ({exc})") from exc
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: damaged model file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc

@@ -35,7 +35,10 @@ def export_onnx(bundle: ModelBundle, path: str | Path) -> Path:
 
     model = bundle.model.cpu().eval()
     L = bundle.config.seq_len
-    example = (torch.zeros(2, L, bundle.config.n_features), torch.ones(2, L, bundle.config.n_features, dtype=torch.bool))
+    example = (
+        torch.zeros(2, L, bundle.config.n_features),
+        torch.ones(2, L, bundle.config.n_features, dtype=torch.bool),
+    )
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     outputs = ["forecast", "pump_logits"] if bundle.config.pump_head else ["forecast"]
     program = torch.onnx.export(
@@ -74,7 +77,10 @@ class OnnxNetwork:
         import onnxruntime
 
         self.config = config
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()  # the same thread budget as torch (see threads.py)
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.session.run(None, {"x": x.cpu().numpy().astype(np.float32), "mask": mask.cpu().numpy()})
@@ -108,7 +114,10 @@ def load_onnx(path: str | Path) -> ModelBundle:
         raise ModelFileError(
             f"{path}: not an ONNX file written by pumpcast export-model ({type(exc).__name__})"
         ) from exc
-    config = ModelConfig.from_dict(payload["model_config"])
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: damaged model config in its metadata ({exc})") from exc
     return bundle_from_payload(payload, OnnxNetwork(path, config), path)
 
 

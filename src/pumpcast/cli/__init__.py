@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=probability, help="alarm threshold (default: the one chosen on validation)")
     p.add_argument("--output", help="also write every step's probability and alarms to this CSV")
 
+    p = command("export-model", "write a model's network in another format (ONNX) for serving", commands.export_model)
+    p.add_argument("--load-model", required=True, metavar="MODEL", help="model file (.pth)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default: onnx)")
+    p.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
+
     p = command("predict", "forecast new histories (CSV as `pumpcast export` writes them)", commands.predict)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file")
     p.add_argument("--input", required=True, help="a history CSV, or a folder of them (batched together)")

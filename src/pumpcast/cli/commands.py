@@ -262,6 +262,17 @@ def detect(args: argparse.Namespace) -> None:
         atomic_write(Path(args.output), lambda tmp: frame.to_csv(tmp, index=False), suffix=".csv")
 
 
+def export_model(args: argparse.Namespace) -> None:
+    from pumpcast.modelfile import load_model_file
+
+    try:
+        from pumpcast.onnxfile import export_onnx
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise DataError(f"ONNX export needs the onnx extra: pip install 'pumpcast[onnx]' ({exc.name} missing)") from exc
+    path = export_onnx(load_model_file(args.load_model), args.output)
+    print(f"wrote {path}: inputs x, mask (batch, seq_length, 6); outputs forecast, pump_logits (see onnxfile.py)")
+
+
 def predict(args: argparse.Namespace) -> None:
     from pumpcast.files import atomic_write
     from pumpcast.forecasting import Forecaster
