@@ -97,10 +97,10 @@ def test_train_and_test_runs_are_tracked_and_the_model_registered(tmp_path):
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/pumpcast-tiny/1")  # models from code: nothing unpickled
-    history = pd.DataFrame(
-        TokenDataManager(tmp_path / "data").read_features(0)[:100],
-        columns=["price", "volume", "liquidity", "buys", "sells", "market_cap"],
-    )
+    exported = tmp_path / "h.csv"
+    assert main(["export", "--data-dir", str(tmp_path / "data"), "--token-id", "0", "--output", str(exported)]) == 0
+    history = pd.read_csv(exported)  # as a user has it: integer trade counts, empty (NaN) liquidity
+    assert history["buys"].dtype.kind == "i"
     out = model.predict(history, params={"steps": 5})
     assert len(out) == 5 and out["price"].notna().all()
 

@@ -164,12 +164,18 @@ class Tracker:
             import mlflow
             from mlflow.models import ModelSignature
             from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+            from mlflow.types.schema import AnyType
 
-            columns = Schema(
+            # inputs: exported histories as they are (trade counts are integers there, empty cells floats);
+            # Forecaster.predict checks them itself
+            inputs = Schema(
+                [ColSpec("string", "time", required=False)] + [ColSpec(AnyType(), f, required=False) for f in FEATURES]
+            )
+            outputs = Schema(
                 [ColSpec("string", "time", required=False)] + [ColSpec("double", f, required=False) for f in FEATURES]
             )
             signature = ModelSignature(
-                inputs=columns, outputs=columns, params=ParamSchema([ParamSpec("steps", "long", 16)])
+                inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("steps", "long", 16)])
             )
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.run_id):

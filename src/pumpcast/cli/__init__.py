@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 
 from pumpcast.cli import commands
 from pumpcast.cli.flags import Parser, add_config_flag, add_settings, bounded_int, flag_message, probability
@@ -100,10 +101,13 @@ def _output(verbose: bool, quiet: bool) -> Iterator[None]:
         pkg.propagate = saved[1]
 
 
-def _settings(p: argparse.ArgumentParser, sections: dict[str, type], config_flag: bool = True) -> None:
-    """Flags of the given sections, the --config flag, and the sections recorded for to_config."""
+def _settings(
+    p: argparse.ArgumentParser, sections: dict[str, type], skip: tuple[str, ...] = (), config_flag: bool = True
+) -> None:
+    """Flags of the given sections but the fields in skip (a command takes only the flags it uses), the
+    --config flag, and the sections recorded for to_config."""
     for name, cls in sections.items():
-        add_settings(p, cls, TITLES[name])
+        add_settings(p, cls, TITLES[name], only=[f.name for f in fields(cls) if f.name not in skip])
     if config_flag:
         add_config_flag(p)
     p.set_defaults(sections=sections)
@@ -129,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sections={"data": DataConfig})
 
     p = command("ingest", "turn trade lists or OHLCV candles into bars in a store", commands.ingest)
-    p.add_argument("kind", choices=("trades", "candles"))
+    p.add_argument("kind", choices=("trades", "candles"), help="trades (one row per trade) or candles (OHLCV)")
     p.add_argument(
         "files",
         nargs="+",
@@ -154,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "write one stored token's bars (and events) as CSV", commands.export)
     p.add_argument("--token-id", type=bounded_int(0), required=True, help="id of the token to export")
-    p.add_argument("--output", required=True)
-    p.add_argument("--events-output")
+    p.add_argument("--output", required=True, help="CSV of the bars: time and the six features, empty where absent")
+    p.add_argument("--events-output", help="also write the token's events (type, start, peak, end) to this CSV")
     add_settings(p, DataConfig, "data", only=("data_dir",))
     p.set_defaults(sections={"data": DataConfig})
 
@@ -176,10 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("tune", "search hyperparameters with Optuna (several workers may share one study)", commands.tune)
     p.add_argument("--show", action="store_true", help="print the study's best trials and exit")
-    _settings(p, TRAIN_SECTIONS | {"tune": TuneConfig, "tracking": TrackingConfig})
+    _settings(
+        p,
+        TRAIN_SECTIONS | {"tune": TuneConfig, "tracking": TrackingConfig},
+        skip=("resume", "save_model", "register_model"),  # trials never resume, save or register a model
+    )
 
     p = command("test", "forecast test parts with a saved model: metrics vs persistence, plots", commands.test)
-    _settings(p, {"data": DataConfig, "test": TestConfig, "tracking": TrackingConfig})
+    _settings(p, {"data": DataConfig, "test": TestConfig, "tracking": TrackingConfig}, skip=("register_model",))
 
     p = command(
         "evaluate", "report on the test part: forecasts vs baselines, pump events vs baselines", commands.evaluate
