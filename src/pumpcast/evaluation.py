@@ -22,7 +22,7 @@ from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster, origin_windows
 from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
 from pumpcast.pumps import event_metrics, pump_events
-from pumpcast.schema import PRICE, DataError, ModelFileError
+from pumpcast.schema import PRICE, DataError, ModelFileError, TokenSeries
 from pumpcast.splits import Split, parse_token_range
 from pumpcast.store import TokenDataManager
 
@@ -328,7 +328,7 @@ def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test
             )
         )
         path = plot_forecasts(
-            [_panel(it, n) for it in items],
+            [_panel(it, n, store.read(it.token_id)) for it in items],
             out / "predictions" / f"prediction_{name}.png",
             f"{name} forecast: {n} steps, rolled out on the model's own predictions "
             f"(rollout damping {forecaster.bundle.rollout_damping:g})",
@@ -347,15 +347,13 @@ def _cut(item: TokenForecast, n: int) -> TokenForecast:
     return replace(item, forecast=item.forecast[:n], actual=item.actual[:n])
 
 
-def _panel(item: TokenForecast, n: int) -> ForecastPanel:
+def _panel(item: TokenForecast, n: int, token: TokenSeries) -> ForecastPanel:
     """One token's forecast plot panel: recent history, forecast and actual path of price."""
     shown = min(item.history.shape[0], max(2 * n, 200))
     return ForecastPanel(
-        token_id=item.token_id,
-        history_t=np.arange(item.origin - shown, item.origin),
+        token=token,
+        origin=item.origin,
         history=item.history[-shown:, PRICE],
-        forecast_t=np.arange(item.origin, item.origin + n),
         forecast=item.forecast[:n, PRICE],
-        actual_t=np.arange(item.origin, item.origin + min(n, item.actual.shape[0])),
         actual=item.actual[:n, PRICE],
     )

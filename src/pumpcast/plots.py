@@ -49,6 +49,13 @@ def _spans_decades(values: np.ndarray) -> bool:
     return v.size > 0 and v.max() / v.min() > 100
 
 
+def _unit(tok: TokenSeries, name: str) -> str:
+    """A feature's unit for this token: the quote asset where known, base units for base volume."""
+    if name == "volume" and tok.volume_unit == "base":
+        return f"{tok.symbol.split('/')[0]}, base" if "/" in tok.symbol else "base units"
+    return UNITS[name].replace("quote", tok.unit_label) if name != "buys" and name != "sells" else UNITS[name]
+
+
 def _times(tok: TokenSeries) -> pd.DatetimeIndex:
     return pd.to_datetime(tok.timestamps, unit="ms", utc=True)
 
@@ -60,7 +67,7 @@ def plot_features(tok: TokenSeries, path: str | Path) -> Path:
     seen: dict[str, object] = {}
     for i, (ax, name) in enumerate(zip(axes, FEATURES, strict=True)):
         values = tok.features[:, i]
-        ax.set_ylabel(f"{name}\n({UNITS[name]})", fontsize=9)
+        ax.set_ylabel(f"{name}\n({_unit(tok, name)})", fontsize=9)
         if not np.isfinite(values).any():
             ax.text(
                 0.5,
@@ -148,8 +155,20 @@ def plot_correlations(tok: TokenSeries, path: str | Path) -> Path:
 
 
 def plot_splits(split: Split, lengths: dict[int, int], path: str | Path, max_tokens: int = 40) -> Path:
-    """One bar per token, coloured by which split each step's targets belong to."""
+    """One bar per token, coloured by which split each step's targets belong to; a time split, the same for
+    every token in shares of its length, is one bar."""
+    if split.strategy == "time" and lengths:
+        first = min(lengths)
+        one = Split(split.strategy, split.test_ratio, split.val_ratio, split.train_token_ratio, split.seed)
+        one.ranges = {name: {first: r[first]} for name, r in split.ranges.items() if first in r}
+        fig = _split_bars(one, {first: lengths[first]}, [first], [f"each of {len(lengths)} token(s)"])
+        return _save(fig, Path(path))
     ids = sorted(lengths)[:max_tokens]
+    fig = _split_bars(split, lengths, ids, [f"token {t}" for t in ids], len(lengths) > max_tokens)
+    return _save(fig, Path(path))
+
+
+def _split_bars(split: Split, lengths: dict[int, int], ids: list[int], labels: list[str], cut: bool = False):
     fig, ax = plt.subplots(figsize=(11, 0.35 * len(ids) + 1.8))
     for row, t in enumerate(ids):
         ax.barh(row, lengths[t], color="lightgray", height=0.6)
@@ -157,7 +176,7 @@ def plot_splits(split: Split, lengths: dict[int, int], path: str | Path, max_tok
             a, b = split.ranges.get(name, {}).get(t, (0, 0))
             if b > a:
                 ax.barh(row, b - a, left=a, color=SPLIT_COLORS[name], height=0.6)
-    ax.set_yticks(range(len(ids)), [f"token {t}" for t in ids], fontsize=8)
+    ax.set_yticks(range(len(ids)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("step")
     handles = [plt.Rectangle((0, 0), 1, 1, color=SPLIT_COLORS[n]) for n in SPLITS]
@@ -168,48 +187,61 @@ def plot_splits(split: Split, lengths: dict[int, int], path: str | Path, max_tok
         loc="upper center",
         ncol=4,
         fontsize=8,
-        bbox_to_anchor=(0.5, -0.12 if len(ids) > 3 else -0.3),
+        bbox_to_anchor=(0.5, -0.12 if len(ids) > 3 else -0.3 if len(ids) > 1 else -0.8),
     )
-    more = f" (first {max_tokens} of {len(lengths)} tokens)" if len(lengths) > max_tokens else ""
+    more = f" (first {len(ids)} tokens)" if cut else ""
     ax.set_title(f"data splits: strategy {split.strategy!r}{more}")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
 
 
 @dataclass
 class ForecastPanel:
-    """One token's forecast picture: steps and prices of the recent history, the forecast and (if known) the
-    actual path."""
+    """One token's forecast picture: the price shortly before the origin, the forecast from it and (if known)
+    the actual path; the token gives the times, the events to mark and the unit."""
 
-    token_id: int
-    history_t: np.ndarray
+    token: TokenSeries
+    origin: int  # index of the first forecast step
     history: np.ndarray
-    forecast_t: np.ndarray
     forecast: np.ndarray
-    actual_t: np.ndarray | None = None
     actual: np.ndarray | None = None
 
 
+def _x(tok: TokenSeries, steps: np.ndarray) -> np.ndarray:
+    """Bar times (UTC) for step indices, extrapolated past the token's end at its interval."""
+    ms = int(tok.timestamps[0]) + steps.astype(np.int64) * tok.interval_ms
+    return pd.to_datetime(ms, unit="ms", utc=True).to_numpy()
+
+
 def plot_forecasts(panels: Sequence[ForecastPanel], path: str | Path, title: str) -> Path:
-    """Actual vs forecast price, one panel per token."""
+    """Actual vs forecast price over time, one panel per token, events inside the window marked."""
     n = len(panels)
-    fig, axes = plt.subplots(n, 1, figsize=(12, 3.2 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(12, 3.2 * n + 0.9), squeeze=False)
     for ax, p in zip(axes[:, 0], panels, strict=True):
-        ax.plot(p.history_t, p.history, color="gray", lw=0.8, label="history")
+        tok, o = p.token, p.origin
+        start, stop = o - len(p.history), o + len(p.forecast)
+        ax.plot(_x(tok, np.arange(start, o)), p.history, color="gray", lw=0.8, label="history")
         if p.actual is not None:
-            ax.plot(p.actual_t, p.actual, color="tab:blue", lw=0.9, label="actual")
-        ax.plot(p.forecast_t, p.forecast, color="tab:red", lw=1.1, label="forecast")
+            ax.plot(_x(tok, np.arange(o, o + len(p.actual))), p.actual, color="tab:blue", lw=0.9, label="actual")
+        ax.plot(_x(tok, np.arange(o, stop)), p.forecast, color="tab:red", lw=1.1, label="forecast")
         values = np.concatenate([p.history, p.forecast] + ([p.actual] if p.actual is not None else []))
         if _spans_decades(values):
             ax.set_yscale("log")
-        ax.axvline(p.forecast_t[0], color="black", lw=0.6, ls="--")
-        ax.set_ylabel("price")
-        ax.set_title(f"token {p.token_id}", fontsize=10)
+        ax.axvline(_x(tok, np.array([o]))[0], color="black", lw=0.6, ls="--")
+        for e in tok.events:
+            if start <= e.start < stop:
+                color = EVENT_COLORS.get(e.type, "gray")
+                ax.axvline(_x(tok, np.array([e.start]))[0], color=color, lw=1.2, label=e.type.replace("_", " "))
+        ax.set_ylabel(f"price ({tok.unit_label})")
+        ax.set_title(f"token {tok.token_id}: {tok.symbol}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel("step")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8)
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    axes[-1, 0].set_xlabel("time (UTC)")
     fig.suptitle(title + " (research tool, not financial advice)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title above the panels
     return _save(fig, Path(path))
 
 
@@ -226,23 +258,25 @@ def plot_event(
     from pumpcast.pumps import alarm_onsets
 
     lo, hi = max(0, event.start - around), min(len(tok.features), event.start + around)
-    t = np.arange(lo, hi)
+    t = _x(tok, np.arange(lo, hi))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True, height_ratios=[2, 1])
     price = tok.features[lo:hi, 0]
     ax1.plot(t, price, color="tab:blue", lw=0.9)
     if _spans_decades(price):
         ax1.set_yscale("log")
-    ax1.axvspan(event.start - horizon, event.start + 2, color="tab:red", alpha=0.12, label="detection window")
-    ax1.axvline(event.start, color="tab:red", lw=1.0, label="pump start")
-    ax1.set_ylabel("price")
+    window = _x(tok, np.array([event.start - horizon, event.start + 2, event.start]))
+    ax1.axvspan(window[0], window[1], color="tab:red", alpha=0.12, label="detection window")
+    ax1.axvline(window[2], color="tab:red", lw=1.0, label="pump start")
+    ax1.set_ylabel(f"price ({tok.unit_label})")
     ax1.legend(loc="upper left", fontsize=8)
     ax1.grid(alpha=0.3)
     p = probability[lo:hi]
     ax2.plot(t, p, color="tab:purple", lw=0.9, label="pump probability")
     ax2.axhline(threshold, color="black", ls="--", lw=0.8, label=f"threshold {threshold:.3g}")
-    onsets = alarm_onsets(np.nan_to_num(p) >= threshold) + lo
+    onsets = alarm_onsets(np.nan_to_num(p) >= threshold)
     ax2.scatter(
-        onsets,
+        # an alarm is raised when its bar closes
+        _x(tok, onsets + lo + 1),
         np.ones_like(onsets, dtype=float) * 1.02,
         marker="v",
         color="tab:red",
@@ -252,7 +286,8 @@ def plot_event(
     )
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("probability")
-    ax2.set_xlabel("step")
+    ax2.set_xlabel("time (UTC)")
+    ax2.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     ax2.legend(loc="upper left", fontsize=8)
     ax2.grid(alpha=0.3)
     when = pd.Timestamp(int(tok.timestamps[event.start]), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
