@@ -18,7 +18,7 @@ from helpers import TINY_MODEL
 from pumpcast.cli import main, pump_trainer_main
 from pumpcast.detection import PumpDetector
 from pumpcast.evaluation import forecast_test_tokens
-from pumpcast.forecasting import Forecaster
+from pumpcast.forecasting import Forecaster, long_format
 from pumpcast.modelfile import load_model_file
 from pumpcast.schema import PumpcastError
 from pumpcast.splits import Split
@@ -377,6 +377,12 @@ def test_predict_file_folder_and_api(seed_run, tmp_path):
     # the Python API gives the same numbers
     api = Forecaster.load(model).predict([pd.read_csv(hist / "t0.csv")], steps=7)[0]
     np.testing.assert_allclose(api["price"], folder["price"], rtol=1e-6)
+    # and a long frame: a row per token, step and feature
+    frames = [api, api.assign(price=api["price"] * 2)]
+    long = long_format(frames, ["t0", "t0x2"])
+    assert list(long.columns) == ["token", "time", "step", "feature", "value"] and len(long) == 2 * 7 * 6
+    price = long[(long.feature == "price") & (long.token == "t0x2")]["value"].to_numpy()
+    np.testing.assert_allclose(price, 2 * api["price"].to_numpy())
 
 
 def test_predict_errors(seed_run, tmp_path, capsys):

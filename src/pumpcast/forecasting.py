@@ -149,6 +149,18 @@ class Forecaster:
         return frames
 
 
+def long_format(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.DataFrame:
+    """Forecast frames (one per history, as `predict` returns them) as one long frame with a row per token,
+    step and feature: token, [time,] step, feature, value (the layout Darts and NeuralForecast users join on)."""
+    parts = []
+    for name, frame in zip(names, frames, strict=True):
+        ids = [c for c in ("time", "step") if c in frame.columns]
+        long = frame.melt(id_vars=ids, value_vars=list(FEATURES), var_name="feature", value_name="value")
+        long.insert(0, "token", name)
+        parts.append(long)
+    return pd.concat(parts, ignore_index=True)
+
+
 def origin_windows(
     store, ranges: dict[int, tuple[int, int]], seq_len: int, every: int
 ) -> list[tuple[int, int, np.ndarray]]:
