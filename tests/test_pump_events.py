@@ -146,7 +146,8 @@ def test_detect_walks_bar_by_bar(trained, tmp_path, capsys):
     alarmed = np.nan_to_num(p) >= threshold
     onsets = np.flatnonzero(alarmed & ~np.r_[False, alarmed[:-1]])
     assert len(lines) == len(onsets) > 0
-    assert lines[0].split()[1] == history["time"][onsets[0]] and f"step {onsets[0]} " in lines[0]
+    close = pd.Timestamp(history["time"][onsets[0]]) + pd.Timedelta(minutes=1)  # raised when the bar closes
+    assert lines[0].split()[1] == close.strftime("%Y-%m-%dT%H:%M:%SZ") and f"step {onsets[0]} " in lines[0]
     out = pd.read_csv(tmp_path / "alarms.csv")
     assert out["alarm"].sum() == len(onsets)
 

@@ -87,7 +87,8 @@ def storage_for(url: str) -> optuna.storages.RDBStorage:
         raise ConfigError(f"storage {url}: its database driver is missing ({exc.name}); install it", "storage") from exc
     except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable database
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"storage {url}: cannot open it ({first})", "storage") from exc
+        hint = "; for PostgreSQL: pip install 'pumpcast[postgres]'" if url.startswith("postgres") else ""
+        raise ConfigError(f"storage {url}: cannot open it ({first}){hint}", "storage") from exc
 
 
 def _objective(

@@ -247,7 +247,9 @@ def detect(args: argparse.Namespace) -> None:
         )
     p = detector.score(features)  # step t from the window that ends at t, as `update` gives it bar by bar
     onsets = detector.alarms(p)
-    label = (lambda i: times.iloc[i].strftime("%Y-%m-%dT%H:%M:%SZ")) if times is not None else str
+    # an alarm can be raised only when its bar has closed: it is labelled with the close time
+    interval = pd.Timedelta(milliseconds=detector.bundle.data.interval_ms)
+    label = (lambda i: (times.iloc[i] + interval).strftime("%Y-%m-%dT%H:%M:%SZ")) if times is not None else str
     for i in onsets:
         print(f"ALARM {label(i)} step {i} pump_probability {p[i]:.3f}")
     print(
@@ -258,6 +260,7 @@ def detect(args: argparse.Namespace) -> None:
         frame = pd.DataFrame({"step": np.arange(len(p)), "pump_probability": p, "alarm": False})
         frame.loc[onsets, "alarm"] = True
         if times is not None:
+            frame.insert(0, "bar_close", (times + interval).dt.strftime("%Y-%m-%dT%H:%M:%SZ").to_numpy())
             frame.insert(0, "time", times.dt.strftime("%Y-%m-%dT%H:%M:%SZ").to_numpy())
         atomic_write(Path(args.output), lambda tmp: frame.to_csv(tmp, index=False), suffix=".csv")
 
