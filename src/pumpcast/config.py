@@ -322,12 +322,21 @@ class TestConfig(Settings):
 
     def check(self) -> None:
         if self.test_token_range is not None:
-            a, _, b = self.test_token_range.partition("-")
-            if not (a.isdigit() and b.isdigit() and int(a) <= int(b)):
-                raise ConfigError(
-                    f"test_token_range {self.test_token_range!r}: write it as A-B with A <= B, e.g. 0-5",
-                    "test_token_range",
-                )
+            parse_token_range(self.test_token_range)
+
+    def tokens(self) -> list[int] | None:
+        """The tokens asked for (test_token_range, else test_token_id), or None for the first test token."""
+        if self.test_token_range is not None:
+            return parse_token_range(self.test_token_range)
+        return [self.test_token_id] if self.test_token_id is not None else None
+
+
+def parse_token_range(text: str, field: str = "test_token_range") -> list[int]:
+    """'0-5' -> [0, 1, 2, 3, 4, 5] (inclusive, as the seed's --test-token-range)."""
+    a, _, b = text.partition("-")
+    if not (a.isdigit() and b.isdigit() and int(a) <= int(b)):
+        raise ConfigError(f"{field} {text!r}: write it as A-B with A <= B, e.g. 0-5", field)
+    return list(range(int(a), int(b) + 1))
 
 
 @dataclass(frozen=True)

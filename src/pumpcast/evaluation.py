@@ -23,7 +23,7 @@ from pumpcast.forecasting import Forecaster, origin_windows
 from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
 from pumpcast.pumps import event_metrics, pump_events
 from pumpcast.schema import PRICE, DataError, ModelFileError, TokenSeries
-from pumpcast.splits import Split, parse_token_range
+from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager
 
 log = logging.getLogger(__name__)
@@ -302,12 +302,7 @@ def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test
         for name in ("train", "val", "test"):
             print(f"{name:>5}: tokens {split.tokens(name)}")
         print(f"wrote {path}")
-    if test.test_token_range:
-        tokens = parse_token_range(test.test_token_range)
-    elif test.test_token_id is not None:
-        tokens = [test.test_token_id]
-    else:
-        tokens = split.tokens("test")[:1]
+    tokens = test.tokens() or split.tokens("test")[:1]
     longest = max(test.forecast, test.forecast_extended)
     log.info("forecasting %d steps from the start of the test part of token(s) %s", longest, tokens)
     items = forecast_test_tokens(forecaster, store, split, tokens, longest)

@@ -132,14 +132,3 @@ def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") 
     return make_split(
         store.lengths(), data.split_strategy, data.test_ratio, data.val_ratio, data.train_token_ratio, data.seed
     )
-
-
-def parse_token_range(text: str) -> list[int]:
-    """'0-5' -> [0, 1, 2, 3, 4, 5] (inclusive, as the seed's --test-token-range)."""
-    try:
-        a, b = (int(v) for v in text.split("-"))
-    except ValueError as exc:
-        raise ConfigError(f"test_token_range {text!r}: write it as A-B, e.g. 0-5", "test_token_range") from exc
-    if b < a:
-        raise ConfigError(f"test_token_range {text!r}: the end is before the start", "test_token_range")
-    return list(range(a, b + 1))

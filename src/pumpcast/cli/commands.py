@@ -93,12 +93,12 @@ def check(args: argparse.Namespace) -> int:
 
 
 def plot(args: argparse.Namespace) -> None:
+    from pumpcast.config import parse_token_range
     from pumpcast.plots import plot_correlations, plot_features
-    from pumpcast.splits import parse_token_range
     from pumpcast.store import TokenDataManager
 
     store = TokenDataManager(_config(args)["data"].data_dir)
-    for t in parse_token_range(args.token_range) if args.token_range else [args.token_id]:
+    for t in parse_token_range(args.token_range, "token_range") if args.token_range else [args.token_id]:
         tok = store.read(t)
         out = Path(args.output_dir) / "img" / f"token_{t}"
         plot_features(tok, out / "features.png")
