@@ -27,6 +27,8 @@ from typing import Any
 
 from pumpcast.schema import FEATURES, ConfigError
 
+#: How a store's tokens can be split (see splits.make_split).
+SPLIT_STRATEGIES = ("time", "token", "mixed")
 #: The longest forecast one call makes (memory and time grow with it); longer ones are refused up front.
 MAX_FORECAST_STEPS = 100_000
 
@@ -147,7 +149,7 @@ class DataConfig(Settings):
     split_strategy: str = option(
         "time",
         "time: every token split by time; token: whole tokens; mixed: train/val by token, test by time",
-        choices=("time", "token", "mixed"),
+        choices=SPLIT_STRATEGIES,
     )
     train_token_ratio: float = option(
         0.6, "share of tokens that train (token and mixed splits)", low=0, high=1, low_open=True

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pumpcast.config import DataConfig
+from pumpcast.config import SPLIT_STRATEGIES, DataConfig
 from pumpcast.schema import ConfigError, DataError
 from pumpcast.store import TokenDataManager
 
-STRATEGIES = ("time", "token", "mixed")
 SPLITS = ("train", "val", "test")
 
 
@@ -63,8 +62,8 @@ def make_split(
     mixed: the last test_ratio of every token's steps is test; before that, train tokens train and the others
            validate, so train and validation differ in tokens and test differs in time.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"split_strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}", "split_strategy")
+    if strategy not in SPLIT_STRATEGIES:
+        raise ConfigError(f"split_strategy {strategy!r}: choose one of {', '.join(SPLIT_STRATEGIES)}", "split_strategy")
     if not (0 <= test_ratio < 1 and 0 <= val_ratio < 1 and test_ratio + val_ratio < 1):
         raise ConfigError("test_ratio and val_ratio must be >= 0 and sum to less than 1", "test_ratio", "val_ratio")
     if not 0 < train_token_ratio <= 1:
