@@ -239,20 +239,20 @@ def _timestamps_ms(series: pd.Series, path: Path, column: str) -> np.ndarray:
             row = int(np.flatnonzero(~np.isfinite(values))[0])
             raise DataError(f"{path}: column {column!r} row {row + 2} has a missing or non-finite timestamp")
         digits = np.floor(np.log10(np.maximum(np.abs(values), 1.0))).astype(int) + 1
-        unit = {d: UNITS[d] for d in np.unique(digits) if d in UNITS}
-        if not unit:
+        bands = np.unique(digits)
+        if len(bands) > 1:
+            names = sorted({UNITS[d][0] if d in UNITS else f"{d}-digit numbers" for d in bands})
+            first = sorted(int(np.flatnonzero(digits == d)[0]) + 2 for d in bands)
+            raise DataError(
+                f"{path}: column {column!r} mixes time units ({', '.join(names)}; rows "
+                f"{', '.join(str(r) for r in first[:3])}); write every time in one unit"
+            )
+        if bands[0] not in UNITS:
             raise DataError(
                 f"{path}: column {column!r} row 2 is {series.iloc[0]!r}: not Unix time in seconds, milliseconds, "
                 "microseconds or nanoseconds after 2000; fix the column or name the time column"
             )
-        if len(unit) != len(np.unique(digits)) or len(unit) > 1:
-            names = sorted({UNITS[d][0] if d in UNITS else f"{d}-digit numbers" for d in np.unique(digits)})
-            first = {d: int(np.flatnonzero(digits == d)[0]) + 2 for d in np.unique(digits)}
-            raise DataError(
-                f"{path}: column {column!r} mixes time units ({', '.join(names)}; rows "
-                f"{', '.join(str(r) for r in sorted(first.values())[:3])}); write every time in one unit"
-            )
-        ms = values * next(iter(unit.values()))[1]
+        ms = values * UNITS[bands[0]][1]
     else:
         try:
             parsed = pd.to_datetime(series, utc=True, format="ISO8601")
