@@ -4,11 +4,12 @@ The public Python API, importable from here (loaded on first use, so `import pum
 
     fit, train, calibrate, package      make a model file from a store (training)
     tune                                search hyperparameters with Optuna (tuning)
+    backtest                            cross-validate over tokens or time beside the baselines (backtest)
     Forecaster                          forecast histories with a model file (forecasting)
     PumpDetector                        pump probabilities and alarms, whole histories or bar by bar (detection)
     TokenDataManager                    the HDF5 token store (store)
     TrainConfig, DataConfig, ModelConfig, OptimConfig, PumpConfig, RuntimeConfig, TrackingConfig,
-    TestConfig, TuneConfig              the settings (config)
+    TestConfig, TuneConfig, BacktestConfig   the settings (config)
 
 Forecasts are research tools, not financial advice.
 """
@@ -28,6 +29,7 @@ _API = {
     "calibrate": "training",
     "package": "training",
     "tune": "tuning",
+    "backtest": "backtest",
     "Forecaster": "forecasting",
     "PumpDetector": "detection",
     "TokenDataManager": "store",
@@ -40,6 +42,7 @@ _API = {
     "TrackingConfig": "config",
     "TestConfig": "config",
     "TuneConfig": "config",
+    "BacktestConfig": "config",
 }
 
 __all__ = [

@@ -11,6 +11,9 @@ it their own way.
     TrackingConfig   MLflow
     TestConfig       the seed's test mode: which tokens, how far, where the plots go
     TuneConfig       the Optuna study
+    BacktestConfig   cross-validation over tokens or time (`pumpcast backtest`)
+
+PRESETS are named bundles of settings (`--preset real`) applied before a config file and flags.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 from pumpcast.schema import FEATURES, ConfigError
 
 #: How a store's tokens can be split (see splits.make_split).
-SPLIT_STRATEGIES = ("time", "token", "mixed")
+SPLIT_STRATEGIES = ("time", "token", "mixed", "none")
 #: The longest forecast one call makes (memory and time grow with it); longer ones are refused up front.
 MAX_FORECAST_STEPS = 100_000
 
@@ -148,7 +151,8 @@ class DataConfig(Settings):
     interval: str = option("1min", "bar length: of synthetic steps, or of the bars trades and candles become")
     split_strategy: str = option(
         "time",
-        "time: every token split by time; token: whole tokens; mixed: train/val by token, test by time",
+        "time: every token split by time; token: whole tokens; mixed: train/val by token, test by time; none: no "
+        "test part (it is elsewhere), val_ratio of the tokens validate (tokens with events first)",
         choices=SPLIT_STRATEGIES,
     )
     train_token_ratio: float = option(
@@ -357,6 +361,47 @@ class TuneConfig(Settings):
     best_config: str = option(
         "best_params.json", "where the best trial's whole configuration goes (`pumpcast train --config FILE` reads it)"
     )
+
+
+@dataclass(frozen=True)
+class BacktestConfig(Settings):
+    """A cross-validated backtest: folds, horizons, origins and where the report goes."""
+
+    folds: int = option(5, "folds (models trained)", low=2)
+    by: str = option(
+        "token",
+        "token: whole tokens held out per fold; time: rolling origin, each token cut into folds + 1 blocks",
+        choices=("token", "time"),
+    )
+    horizons: str = option("1,5,15,60", "steps ahead to score, comma-separated")
+    every: int = option(1, "score every k-th origin of the held-out part", low=1)
+    context: int = option(500, "steps the empirical-quantile baseline looks back", low=2)
+    bootstrap: int = option(1000, "bootstrap resamples of the tokens for the 95% intervals", low=100)
+    load_model: str | None = option(
+        None, "score this model file in every fold instead of training one per fold", metavar="MODEL"
+    )
+    output_dir: str = option("reports", "where backtest.md, backtest.json, img/ and folds/ go")
+
+    def check(self) -> None:
+        steps = self.horizon_steps()
+        if max(steps) >= self.context:
+            raise ConfigError(f"horizons must stay below context {self.context}, got {max(steps)}", "horizons")
+
+    def horizon_steps(self) -> tuple[int, ...]:
+        parts = [p.strip() for p in self.horizons.split(",")]
+        if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ConfigError(f"horizons {self.horizons!r}: write positive step counts like 1,5,15,60", "horizons")
+        return tuple(sorted({int(p) for p in parts}))
+
+
+#: Named bundles of settings (`--preset NAME`), applied over the defaults and under a config file and flags.
+PRESETS: dict[str, dict[str, Any]] = {
+    "real": {
+        "data": {"split_strategy": "none", "window_stride": 3},
+        "model": {"loss": "quantile", "seq_len": 500, "horizon": 60, "dropout": 0.1},
+        "optim": {"epochs": 6, "patience": 2, "weight_decay": 0.05, "learning_rate": 5e-4},
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------- values

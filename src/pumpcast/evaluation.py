@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pumpcast.baselines import DRIFT_STEPS
 from pumpcast.config import TestConfig
 from pumpcast.detection import PumpDetector, event_scores, score_ranges
 from pumpcast.files import atomic_write, atomic_write_json
@@ -28,7 +29,6 @@ from pumpcast.store import TokenDataManager
 
 log = logging.getLogger(__name__)
 BUCKET_EDGES = (1, 11, 101, 1001, 10_001)
-DRIFT_STEPS = 60  # the drift baseline extends the mean log return of the last hour of 1-minute bars
 
 
 def horizon_buckets(steps: int) -> list[tuple[int, int]]:
@@ -48,8 +48,10 @@ class TokenForecast:
     token_id: int
     origin: int  # index of the first forecast step
     history: np.ndarray  # (T_hist, 6) raw
-    forecast: np.ndarray  # (steps, 6) raw
+    forecast: np.ndarray  # (steps, 6) raw, the median
     actual: np.ndarray  # (n_actual <= steps, 6) raw; shorter when the data ends first
+    quantiles: np.ndarray | None = None  # (steps, 6, levels) raw, of a quantile model
+    levels: tuple[float, ...] = (0.5,)
 
 
 def forecast_metrics(items: list[TokenForecast], steps: int) -> dict[str, dict[str, float]]:
@@ -135,9 +137,18 @@ def forecast_test_tokens(
     series = {t: store.read_features(t) for t in token_ids}
     origins = {t: forecast_origin(split, t, forecaster.seq_len, series[t].shape[0]) for t in token_ids}
     windows = np.stack([series[t][origins[t] - forecaster.seq_len : origins[t]] for t in token_ids])
-    forecast = forecaster.rollout(windows, steps)
+    levels = forecaster.quantile_levels
+    quantiles = forecaster.quantiles(windows, steps)
     return [
-        TokenForecast(t, origins[t], series[t][: origins[t]], forecast[i], series[t][origins[t] : origins[t] + steps])
+        TokenForecast(
+            t,
+            origins[t],
+            series[t][: origins[t]],
+            quantiles[i, ..., levels.index(0.5)],
+            series[t][origins[t] : origins[t] + steps],
+            quantiles[i] if len(levels) > 1 else None,
+            levels,
+        )
         for i, t in enumerate(token_ids)
     ]
 
@@ -339,16 +350,23 @@ def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test
 
 
 def _cut(item: TokenForecast, n: int) -> TokenForecast:
-    return replace(item, forecast=item.forecast[:n], actual=item.actual[:n])
+    q = item.quantiles[:n] if item.quantiles is not None else None
+    return replace(item, forecast=item.forecast[:n], actual=item.actual[:n], quantiles=q)
 
 
 def _panel(item: TokenForecast, n: int, token: TokenSeries) -> ForecastPanel:
-    """One token's forecast plot panel: recent history, forecast and actual path of price."""
+    """One token's forecast plot panel: recent history, forecast (with its 50% and 80% intervals, if it has
+    quantiles) and actual path of price."""
     shown = min(item.history.shape[0], max(2 * n, 200))
+    bands = None
+    if item.quantiles is not None:
+        q, lv = item.quantiles[:n, PRICE], item.levels
+        bands = {0.5: (q[:, lv.index(0.25)], q[:, lv.index(0.75)]), 0.8: (q[:, lv.index(0.1)], q[:, lv.index(0.9)])}
     return ForecastPanel(
         token=token,
         origin=item.origin,
         history=item.history[-shown:, PRICE],
         forecast=item.forecast[:n, PRICE],
         actual=item.actual[:n, PRICE],
+        bands=bands,
     )

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
-from pumpcast.losses import get_loss
+from pumpcast.losses import get_loss, mean_weights
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
 from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, ConfigError, DataError
-from pumpcast.windows import relative, to_base
+from pumpcast.windows import LEVEL, relative, to_base
 
 #: A predicted step's normalised value is clipped to this many training standard deviations, so that a
 #: long rollout cannot overflow.
@@ -45,14 +45,44 @@ class Forecaster:
         """From a model file (.pth) or an exported network (.onnx, run with onnxruntime)."""
         return cls(load_bundle(path), device)
 
-    @torch.inference_mode()
+    @property
+    def quantile_levels(self) -> tuple[float, ...]:
+        """The levels of `quantiles`' last axis: (0.05, ..., 0.95) for a quantile model, (0.5,) for a point one."""
+        return self.loss.levels
+
     def rollout(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:
-        """Raw histories (B, T >= seq_len, 6), NaN where absent -> raw forecasts (B, steps, 6).
+        """Raw histories (B, T >= seq_len, 6), NaN where absent -> the median forecast path (B, steps, 6).
 
         Features absent at the last history step stay absent (NaN) in the forecast. The price (and market cap)
         moves the model predicts in its c-th pass are scaled by damping**c: the model file's value, chosen on
         validation data, unless given. 1 = the model's own rollout; 0 = persistence after the first pass.
         """
+        return self.quantiles(history, steps, damping)[..., self.loss.levels.index(0.5)]
+
+    def quantiles(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:
+        """Raw histories (B, T >= seq_len, 6) -> forecast quantiles (B, steps, 6, levels), levels in
+        `quantile_levels`; rolled out as `rollout` does, on the median path. A calibrated model's first pass
+        of price is calibrated (averaged with the window's empirical quantiles, median shrunk; see calibration.py).
+
+        Beyond the first pass (`horizon` steps), bands are propagated, not sampled: a later pass's quantiles
+        of a level feature (price, liquidity, market cap), as offsets in log from its median, are combined with
+        the offsets reached at the end of the passes before as if independent (square root of the sum of
+        squares); activity features (volume, buys, sells) keep each pass's own quantiles.
+        """
+        return self.forecast(history, steps, damping)[0]
+
+    def mean(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:
+        """Raw histories (B, T >= seq_len, 6) -> the mean forecast of price (B, steps), as exp of the mean log
+        price: in a calibrated model's first pass the blend of its own mean and its ridge (calibration.py),
+        beyond it (and in uncalibrated models) the mean of the quantiles."""
+        return self.forecast(history, steps, damping)[1]
+
+    @torch.inference_mode()
+    def forecast(
+        self, history: np.ndarray, steps: int, damping: float | None = None, calibrated: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(quantiles (B, steps, 6, levels), mean price (B, steps)); see `quantiles` and `mean`.
+        calibrated=False gives the network's own first pass (what the calibration is fitted on)."""
         damping = self.bundle.rollout_damping if damping is None else damping
         if not (isinstance(steps, int | np.integer) and 1 <= steps <= MAX_FORECAST_STEPS):
             raise ConfigError(f"steps must be an integer in [1, {MAX_FORECAST_STEPS}], got {steps!r}", "steps")
@@ -65,9 +95,14 @@ class Forecaster:
             raise DataError(
                 f"history has {history.shape[1]} steps; this model needs at least seq_length={self.seq_len}"
             )
+        levels = self.loss.levels
+        med = levels.index(0.5)
         absent = ~np.isfinite(history[:, -1])  # (B, 6)
         window = to_base(history[:, -self.seq_len :])  # (B, L, 6) base values, updated as we go
-        out = np.empty((history.shape[0], steps, len(FEATURES)))
+        out = np.empty((history.shape[0], steps, len(FEATURES), len(levels)))
+        mean = np.empty((history.shape[0], steps))
+        calibration = self.bundle.forecast_calibration if calibrated else None
+        weights = mean_weights(levels)
         norm = self.bundle.normalizer
         done = chunk = 0
         passes = -(-steps // self.horizon)
@@ -76,22 +111,40 @@ class Forecaster:
             rel, ref = relative(window, self.seq_len)
             z, mask = norm.normalize(rel, self.seq_len)
             pred, _ = self.model(torch.from_numpy(z).to(self.device), torch.from_numpy(mask).to(self.device))
-            pred = np.clip(self.loss.point(pred).float().cpu().numpy(), -CLIP, CLIP)
-            raw = norm.denormalize(pred, ref)  # (B, H, 6)
-            raw[..., 3:5] = np.maximum(raw[..., 3:5], 0.0)
-            raw = np.where(absent[:, None, :], np.nan, raw)
+            q = np.clip(self.loss.quantiles(pred).float().cpu().numpy(), -CLIP, CLIP)  # (B, H, 6, K)
+            raw = np.stack([norm.denormalize(q[..., k], ref) for k in range(len(levels))], axis=-1)
+            raw[..., 3:5, :] = np.maximum(raw[..., 3:5, :], 0.0)
+            raw = np.where(absent[:, None, :, None], np.nan, raw)
+            log_mean = None
+            if chunk == 0 and calibration is not None:
+                last = np.log(history[:, -1, PRICE])[:, None, None]
+                changes, change_mean = calibration.apply(
+                    np.log(raw[..., PRICE, :]) - last, history, levels, self.seq_len
+                )
+                raw[..., PRICE, :] = np.exp(last + changes)
+                log_mean = last[..., 0] + change_mean
             if damping != 1.0 and chunk:
                 for f in (PRICE, MARKET_CAP):  # levels move by damping**chunk times the predicted move
-                    last = np.exp(window[:, -1, f])[:, None]
-                    raw[..., f] = last * (raw[..., f] / last) ** (damping**chunk)
+                    last = np.exp(window[:, -1, f])[:, None, None]
+                    raw[..., f, :] = last * (raw[..., f, :] / last) ** (damping**chunk)
+            if chunk and len(levels) > 1:
+                with np.errstate(invalid="ignore"):
+                    for f in LEVEL:
+                        centre = np.log(raw[..., f, med : med + 1])  # (B, H, 1)
+                        now = np.log(raw[..., f, :]) - centre  # (B, H, K) offsets of this pass
+                        before = np.log(out[:, done - 1, None, f, :]) - np.log(out[:, done - 1, None, f, med : med + 1])
+                        raw[..., f, :] = np.exp(centre + np.copysign(np.hypot(before, now), before + now))
+            if log_mean is None:
+                log_mean = np.log(raw[..., PRICE, :]) @ weights  # (B, H)
             take = min(self.horizon, steps - done)
             out[:, done : done + take] = raw[:, :take]
-            window = np.concatenate([window[:, take:], to_base(raw[:, :take])], axis=1)
+            mean[:, done : done + take] = np.exp(log_mean[:, :take])
+            window = np.concatenate([window[:, take:], to_base(raw[:, :take, :, med])], axis=1)
             done += take
             chunk += 1
             bar.update(take)
         bar.close()
-        return out
+        return out, mean
 
     def fit_damping(
         self,
@@ -120,8 +173,10 @@ class Forecaster:
         """Forecast each history (frames with the six feature columns, or (T, 6) arrays), batched together;
         `names` (file names, say) are what errors call the histories.
 
-        Returns one frame per history: a row per future step, the six predicted features (and `time` when
-        the history frame has a time column), and with a pump head the pump probability at the last bar.
+        Returns one frame per history: a row per future step, the six predicted features (the median; and
+        `time` when the history frame has a time column), with a quantile model `price_mean` and every
+        feature's quantiles (`price_q05`, ..., `price_q95`, `volume_q05`, ...), and with a pump head the pump
+        probability at the last bar.
         """
         names = list(names) if names is not None else [f"history {i}" for i in range(len(histories))]
         arrays, times = [], []
@@ -133,11 +188,17 @@ class Forecaster:
                 )
             arrays.append(arr[-self.seq_len :])
             times.append(t)
-        forecast = self.rollout(np.stack(arrays), steps)
+        bands, mean = self.forecast(np.stack(arrays), steps)  # (B, steps, 6, K), (B, steps)
+        levels = self.quantile_levels
         detector = PumpDetector(self.bundle) if self.bundle.has_pump_head else None
         frames = []
         for i, t in enumerate(times):
-            frame = pd.DataFrame(forecast[i], columns=list(FEATURES))
+            frame = pd.DataFrame(bands[i, ..., levels.index(0.5)], columns=list(FEATURES))
+            if len(levels) > 1:
+                frame["price_mean"] = mean[i]
+                for f, name in enumerate(FEATURES):
+                    for k, level in enumerate(levels):
+                        frame[quantile_column(name, level)] = bands[i, :, f, k]
             frame.insert(0, "step", np.arange(1, steps + 1))
             if detector is not None:  # the probability at the forecast origin (the last history bar)
                 frame["pump_probability"] = detector.score(arrays[i], lo=arrays[i].shape[0] - 1)[-1]
@@ -149,13 +210,22 @@ class Forecaster:
         return frames
 
 
+def quantile_column(feature: str, level: float) -> str:
+    """The column of a feature's quantile in forecast frames: price, 0.05 -> price_q05."""
+    return f"{feature}_q{round(level * 100):02d}"
+
+
 def long_format(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.DataFrame:
     """Forecast frames (one per history, as `predict` returns them) as one long frame with a row per token,
-    step and feature: token, [time,] step, feature, value (the layout Darts and NeuralForecast users join on)."""
+    step and feature: token, [time,] step, feature, value (the median), and with a quantile model the
+    quantiles q05, ..., q95 (the layout Darts and NeuralForecast users join on)."""
     parts = []
     for name, frame in zip(names, frames, strict=True):
         ids = [c for c in ("time", "step") if c in frame.columns]
         long = frame.melt(id_vars=ids, value_vars=list(FEATURES), var_name="feature", value_name="value")
+        suffixes = [c.removeprefix("price_") for c in frame.columns if c.startswith("price_q")]
+        for q in suffixes:  # melt stacks feature after feature, in FEATURES order
+            long[q] = np.concatenate([frame[f"{f}_{q}"].to_numpy() for f in FEATURES])
         long.insert(0, "token", name)
         parts.append(long)
     return pd.concat(parts, ignore_index=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from pumpcast.schema import PRICE, ConfigError
@@ -23,10 +24,12 @@ def feature_weights(n_features: int, aux_weight: float, device: torch.device, dt
 
 
 class HuberLoss:
-    """A point forecast trained with the Huber loss (robust to rug-pull-sized jumps) on normalised values."""
+    """A point forecast trained with the Huber loss (robust to rug-pull-sized jumps) on normalised values.
+    As a distribution it is one quantile, the median."""
 
     name: ClassVar[str] = "huber"
     outputs_per_value: ClassVar[int] = 1
+    levels: ClassVar[tuple[float, ...]] = (0.5,)
 
     def __init__(self, delta: float = 1.0):
         self.delta = delta
@@ -42,8 +45,45 @@ class HuberLoss:
         """Head outputs (B, H, F, K) -> the point forecast (B, H, F), normalised."""
         return pred[..., 0]
 
+    def quantiles(self, pred: torch.Tensor) -> torch.Tensor:
+        """Head outputs (B, H, F, K) -> the forecast quantiles at `levels` (B, H, F, len(levels)), normalised."""
+        return pred
 
-LOSSES: dict[str, type[HuberLoss]] = {"huber": HuberLoss}
+
+class QuantileLoss(HuberLoss):
+    """A forecast distribution: one output per quantile level, trained with the pinball loss. The point
+    forecast is the median, the only MAE-optimal forecast: where most one-minute price changes are exactly
+    zero, it says "no change" unless the model knows better. Decoded quantiles are sorted, so they never
+    cross (monotone rearrangement, Chernozhukov et al. 2010)."""
+
+    name: ClassVar[str] = "quantile"
+    levels: ClassVar[tuple[float, ...]] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+    outputs_per_value: ClassVar[int] = len(levels)
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, aux_weight: float) -> torch.Tensor:
+        """Mean pinball loss over levels and available target values."""
+        tau = torch.tensor(self.levels, device=pred.device, dtype=pred.dtype)
+        diff = target[..., None] - pred  # (B, H, F, K)
+        err = torch.maximum(tau * diff, (tau - 1) * diff).mean(dim=-1)  # (B, H, F)
+        m = mask.to(pred.dtype) * feature_weights(pred.shape[-2], aux_weight, pred.device, pred.dtype)
+        return (err * m).sum() / m.sum().clamp_min(1.0)
+
+    def point(self, pred: torch.Tensor) -> torch.Tensor:
+        return self.quantiles(pred)[..., self.levels.index(0.5)]
+
+    def quantiles(self, pred: torch.Tensor) -> torch.Tensor:
+        return torch.sort(pred, dim=-1).values
+
+
+def mean_weights(levels: tuple[float, ...], grid: int = 1000) -> np.ndarray:
+    """Weights w with mean ~= quantiles @ w: the mean of the piecewise-linear quantile function through the
+    levels, held flat beyond the outer ones (a point forecast's single level is its own mean)."""
+    u = (np.arange(grid) + 0.5) / grid
+    eye = np.eye(len(levels))
+    return np.array([np.interp(u, levels, eye[k]).mean() for k in range(len(levels))])
+
+
+LOSSES: dict[str, type[HuberLoss]] = {"huber": HuberLoss, "quantile": QuantileLoss}
 
 
 def get_loss(name: str) -> HuberLoss:

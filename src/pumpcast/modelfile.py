@@ -5,8 +5,10 @@ Contents are plain containers, numbers, strings and tensors only, so loading use
 runs. FORMAT_VERSION is bumped only with a migration in `_migrate`, so files made by older releases keep
 loading (tests/data holds one per format to prove it).
 
-Format 2 (this version): the model config names its loss (format 1 files are all "huber"), and a model
-without a pump head stores `pump: None` (format 1: an empty dict).
+Format 2: the model config names its loss (format 1 files are all "huber"), and a model without a pump head
+stores `pump: None` (format 1: an empty dict).
+Format 3 (this version): `forecast_calibration`, what a quantile model's price forecast learned on
+validation data (calibration.py); None in files of older formats and for point models.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pumpcast.calibration import ForecastCalibration
 from pumpcast.files import atomic_write
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.pumps import PumpCalibration
 from pumpcast.schema import FEATURES, ConfigError, ModelFileError
 from pumpcast.windows import Normalizer
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -50,7 +53,8 @@ class DataInfo:
 @dataclass
 class ModelBundle:
     """A trained model with its configs, feature names and normalisation, and what was chosen on validation
-    data: the pump calibration (None without a pump head) and the rollout damping."""
+    data: the pump calibration (None without a pump head), the rollout damping and, for a quantile model,
+    the forecast calibration."""
 
     model: PumpcastTransformer  # or an onnxfile.OnnxNetwork, which is called the same way
     normalizer: Normalizer
@@ -60,6 +64,7 @@ class ModelBundle:
     pump: PumpCalibration | None = None
     # long rollouts scale the c-th pass's price moves by rollout_damping**c (chosen on validation data)
     rollout_damping: float = 1.0
+    forecast_calibration: ForecastCalibration | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -99,6 +104,9 @@ def bundle_payload(bundle: ModelBundle) -> dict[str, Any]:
         "metrics": {k: float(v) for k, v in bundle.metrics.items()},
         "pump": _plain(bundle.pump.to_dict()) if bundle.pump is not None else None,
         "rollout_damping": float(bundle.rollout_damping),
+        "forecast_calibration": (
+            bundle.forecast_calibration.to_dict() if bundle.forecast_calibration is not None else None
+        ),
     }
 
 
@@ -123,6 +131,7 @@ def _migrate(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     if version == 1:  # 1 -> 2: the loss is named; "no pump head" is None
         payload["model_config"] = {"loss": "huber", **payload["model_config"]}
         payload["pump"] = payload.get("pump") or None
+    payload.setdefault("forecast_calibration", None)  # 2 -> 3: no forecast calibration
     return payload
 
 
@@ -170,7 +179,7 @@ def bundle_from_payload(payload: dict[str, Any], model: Any, path: Path) -> Mode
         center, scale = np.asarray(norm["center"], dtype=np.float64), np.asarray(norm["scale"], dtype=np.float64)
         if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise ModelFileError(f"{path}: its normalisation must be finite with positive scales; retrain the model")
-        pump = payload.get("pump")
+        pump, calibration = payload.get("pump"), payload.get("forecast_calibration")
         return ModelBundle(
             model=model,
             normalizer=Normalizer(center, scale),
@@ -179,6 +188,7 @@ def bundle_from_payload(payload: dict[str, Any], model: Any, path: Path) -> Mode
             features=tuple(payload["features"]),
             pump=PumpCalibration.from_dict(pump, str(path)) if pump is not None else None,
             rollout_damping=float(payload.get("rollout_damping", 1.0)),
+            forecast_calibration=ForecastCalibration.from_dict(calibration) if calibration is not None else None,
         )
     except ModelFileError:
         raise

@@ -205,6 +205,7 @@ class ForecastPanel:
     history: np.ndarray
     forecast: np.ndarray
     actual: np.ndarray | None = None
+    bands: dict[float, tuple[np.ndarray, np.ndarray]] | None = None  # central interval share -> (low, high)
 
 
 def _x(tok: TokenSeries, steps: np.ndarray) -> np.ndarray:
@@ -223,7 +224,11 @@ def plot_forecasts(panels: Sequence[ForecastPanel], path: str | Path, title: str
         ax.plot(_x(tok, np.arange(start, o)), p.history, color="gray", lw=0.8, label="history")
         if p.actual is not None:
             ax.plot(_x(tok, np.arange(o, o + len(p.actual))), p.actual, color="tab:blue", lw=0.9, label="actual")
-        ax.plot(_x(tok, np.arange(o, stop)), p.forecast, color="tab:red", lw=1.1, label="forecast")
+        for share, (low, high) in sorted((p.bands or {}).items(), reverse=True):
+            ax.fill_between(
+                _x(tok, np.arange(o, stop)), low, high, color="tab:red", alpha=0.12, lw=0, label=f"{share:.0%} interval"
+            )
+        ax.plot(_x(tok, np.arange(o, stop)), p.forecast, color="tab:red", lw=1.1, label="forecast (median)")
         values = np.concatenate([p.history, p.forecast] + ([p.actual] if p.actual is not None else []))
         if _spans_decades(values):
             ax.set_yscale("log")
@@ -297,3 +302,47 @@ def plot_event(
     )
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def plot_backtest(report: dict, folder: str | Path) -> list[Path]:
+    """A backtest's two pictures: skill per horizon with 95% intervals (every method with a median), and
+    interval coverage per horizon against the nominal 50/80/90% (the methods with quantiles)."""
+    folder = Path(folder)
+    horizons = [int(h) for h in report["horizons"]]
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for ax, subset, title in zip(axes, ("all", "pump"), ("all origins", "pump windows"), strict=True):
+        rows = report["metrics"][subset]
+        for k, method in enumerate(("model", "ridge", "empirical", "drift")):
+            cells = [rows.get(str(h), {}).get(method, {}).get("skill") for h in horizons]
+            x = np.arange(len(horizons)) + (k - 1.5) * 0.12
+            v = np.array([c[0] if c else np.nan for c in cells])
+            err = np.array([[c[0] - c[1], c[2] - c[0]] if c else [np.nan, np.nan] for c in cells]).T
+            ax.errorbar(x, v, yerr=err, fmt="o", capsize=3, label=method)
+        ax.axhline(0, color="black", lw=0.8, label="persistence")
+        ax.set_xticks(np.arange(len(horizons)), [str(h) for h in horizons])
+        ax.set_xlabel("steps ahead")
+        ax.set_ylabel("MAE skill vs persistence")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(_save(fig, folder / "backtest_skill.png"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = report["metrics"]["all"]
+    for method, style in (("model", "-o"), ("empirical", "--s")):
+        for name, nominal, color in (
+            ("cov50", 0.5, "tab:blue"),
+            ("cov80", 0.8, "tab:orange"),
+            ("cov90", 0.9, "tab:green"),
+        ):
+            v = [rows.get(str(h), {}).get(method, {}).get(name, [np.nan])[0] for h in horizons]
+            ax.plot(np.arange(len(horizons)), v, style, color=color, label=f"{method} {int(nominal * 100)}%")
+            ax.axhline(nominal, color=color, lw=0.6, ls=":")
+    ax.set_xticks(np.arange(len(horizons)), [str(h) for h in horizons])
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel("share of outcomes inside the interval")
+    ax.set_title("interval coverage (dotted: nominal)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    paths.append(_save(fig, folder / "backtest_coverage.png"))
+    return paths

@@ -54,6 +54,7 @@ def make_split(
     val_ratio: float = 0.2,
     train_token_ratio: float = 0.6,
     seed: int = 0,
+    with_events: set[int] | None = None,
 ) -> Split:
     """Split tokens (id -> number of steps).
 
@@ -61,6 +62,9 @@ def make_split(
     token: whole tokens: train_token_ratio of them train, the rest validation and test in val:test proportion.
     mixed: the last test_ratio of every token's steps is test; before that, train tokens train and the others
            validate, so train and validation differ in tokens and test differs in time.
+    none:  no test part (the test set is elsewhere): val_ratio of the tokens (at least one when there are two)
+           validate, the ones in `with_events` first, since calibration and alarm thresholds need events;
+           the others train.
     """
     if strategy not in SPLIT_STRATEGIES:
         raise ConfigError(f"split_strategy {strategy!r}: choose one of {', '.join(SPLIT_STRATEGIES)}", "split_strategy")
@@ -77,7 +81,13 @@ def make_split(
             b = int(round(n * (1 - test_ratio)))
             split.ranges["train"][t], split.ranges["val"][t], split.ranges["test"][t] = (0, a), (a, b), (b, n)
         return split
-    order = list(np.random.default_rng(seed).permutation(ids))
+    order = [int(t) for t in np.random.default_rng(seed).permutation(ids)]
+    if strategy == "none":
+        n_val = min(len(ids) - 1, max(1, round(len(ids) * val_ratio))) if len(ids) > 1 else 0
+        val_ids = set(sorted(order, key=lambda t: t not in (with_events or set()))[:n_val])
+        for t in ids:
+            split.ranges["val" if t in val_ids else "train"][int(t)] = (0, lengths[t])
+        return split
     n_train = max(1, int(round(len(ids) * train_token_ratio)))
     if len(ids) >= 3:
         n_train = min(n_train, len(ids) - 2 if strategy == "token" else len(ids) - 1)
@@ -128,6 +138,13 @@ def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") 
         raise DataError(f"{store.split_path}: no split; train on this store first or give split_file")
     if stored is not None and (reuse == "required" or stored.get("strategy") == data.split_strategy):
         return load_split_file(store.split_path, store.lengths())
+    with_events = {int(t) for t, m in store.metadata()["tokens"].items() if m.get("events", 0)}
     return make_split(
-        store.lengths(), data.split_strategy, data.test_ratio, data.val_ratio, data.train_token_ratio, data.seed
+        store.lengths(),
+        data.split_strategy,
+        data.test_ratio,
+        data.val_ratio,
+        data.train_token_ratio,
+        data.seed,
+        with_events,
     )

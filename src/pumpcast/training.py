@@ -35,6 +35,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
+from pumpcast import baselines
+from pumpcast.calibration import calibrate_forecasts
 from pumpcast.config import ModelConfig, TrainConfig, flat_values
 from pumpcast.detection import calibrate as calibrate_pump_head
 from pumpcast.forecasting import Forecaster
@@ -42,7 +44,7 @@ from pumpcast.losses import get_loss, pump_loss
 from pumpcast.model import PumpcastTransformer
 from pumpcast.modelfile import DataInfo, ModelBundle, load_model_file, save_model_file
 from pumpcast.pumps import pump_labels
-from pumpcast.schema import ConfigError, PumpcastError
+from pumpcast.schema import PRICE, ConfigError, PumpcastError
 from pumpcast.simulator import ensure_store
 from pumpcast.splits import Split, resolve_split
 from pumpcast.store import TokenDataManager
@@ -588,11 +590,35 @@ def calibrate(
     store: TokenDataManager,
     val_ranges: dict[int, tuple[int, int]],
     max_false_alarms_per_day: float,
+    train_ranges: dict[int, tuple[int, int]] | None = None,
 ) -> ModelBundle:
-    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head) and
-    the rollout damping."""
+    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head), the
+    forecast calibration (a quantile model with seq_len >= baselines.WARMUP and > horizon + 1; its ridge fits
+    train_ranges) and the rollout damping."""
     pump = calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day) if bundle.config.pump_head else None
     bundle = replace(bundle, pump=pump)
+    forecaster = Forecaster(bundle)
+    L, H = bundle.config.seq_len, bundle.config.horizon
+    if len(forecaster.quantile_levels) > 1 and L >= baselines.WARMUP and L > H + 1 and train_ranges:
+        log.info(
+            "calibrating the price forecast (empirical average, shrink, ridge blend) on %d validation token(s)",
+            len(val_ranges),
+        )
+
+        def first_pass(history: np.ndarray) -> np.ndarray:
+            q = forecaster.forecast(history, H, calibrated=False)[0][:, :, PRICE]
+            return np.log(q) - np.log(history[:, -1, PRICE])[:, None, None]
+
+        calibration = calibrate_forecasts(
+            first_pass,
+            store,
+            train_ranges,
+            val_ranges,
+            L,
+            H,
+            forecaster.quantile_levels,
+        )
+        bundle = replace(bundle, forecast_calibration=calibration)
     log.info("choosing the rollout damping on %d validation token(s)", len(val_ranges))
     damping = Forecaster(bundle).fit_damping(store, val_ranges)
     log.info("rollout damping %g (lowest validation error of long forecasts; 1 = the model's own rollout)", damping)
@@ -606,9 +632,15 @@ class FitResult:
     model_path: Path | None
 
 
-def fit(cfg: TrainConfig, tracker: Tracker | None = None, callbacks: list[Callback] | None = None) -> FitResult | None:
+def fit(
+    cfg: TrainConfig,
+    tracker: Tracker | None = None,
+    callbacks: list[Callback] | None = None,
+    split: Split | None = None,
+) -> FitResult | None:
     """Train, calibrate and package a model, and save it to cfg.runtime.save_model (if set). With
-    cfg.runtime.init_from, the weights and the normaliser start from that model file (fine-tuning).
+    cfg.runtime.init_from, the weights and the normaliser start from that model file (fine-tuning); with a
+    split (a backtest's fold), that split instead of the one the config makes.
 
     With a tracker, the run's settings, per-epoch metrics and the model file go into its active run. In a
     data-parallel run, processes other than global rank 0 get None.
@@ -620,11 +652,12 @@ def fit(cfg: TrainConfig, tracker: Tracker | None = None, callbacks: list[Callba
     if tracker is not None:
         tracker.log_params(flat_values(cfg.sections()))
         callbacks = [*(callbacks or []), MLflowEpochLogger(tracker)]
-    trained = train(cfg, normalizer=normalizer, init_weights=weights, callbacks=callbacks)
+    trained = train(cfg, split=split, normalizer=normalizer, init_weights=weights, callbacks=callbacks)
     if trained is None:
         return None
+    ranges = trained.split.ranges
     bundle = calibrate(
-        package(trained, cfg), trained.store, trained.split.ranges["val"], cfg.pump.max_false_alarms_per_day
+        package(trained, cfg), trained.store, ranges["val"], cfg.pump.max_false_alarms_per_day, ranges["train"]
     )
     path = save_model_file(bundle, cfg.runtime.save_model) if cfg.runtime.save_model else None
     if tracker is not None:

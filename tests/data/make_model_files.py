@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pumpcast.baselines import Ridge
+from pumpcast.calibration import ForecastCalibration
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.modelfile import FORMAT_VERSION, DataInfo, ModelBundle, save_model_file
 from pumpcast.pumps import PumpCalibration
@@ -17,10 +19,11 @@ from pumpcast.windows import Normalizer
 HERE = Path(__file__).parent
 
 
-def history() -> np.ndarray:
-    """The fixed history the expected forecast is made from (2 tokens x 40 steps, liquidity absent)."""
+def history(steps: int = 40) -> np.ndarray:
+    """The fixed history the expected forecast is made from (2 tokens x steps, liquidity absent); format 3
+    files use 80 steps (their model reads 64)."""
     rng = np.random.default_rng(0)
-    h = np.abs(rng.normal(1.0, 0.05, (2, 40, 6))) + 0.01
+    h = np.abs(rng.normal(1.0, 0.05, (2, steps, 6))) + 0.01
     h[:, :, 2] = np.nan
     return h
 
@@ -33,8 +36,10 @@ def main() -> None:
     if path.exists():
         raise SystemExit(f"{path} exists: keep it; it guards loading of this format")
     torch.manual_seed(0)
+    rng = np.random.default_rng(1)
     config = ModelConfig(
-        seq_len=32,
+        seq_len=64,  # format 3: a calibrated quantile model (its ridge reads 61 steps)
+        loss="quantile",
         horizon=4,
         embedding="conv",
         patch_len=8,
@@ -59,11 +64,18 @@ def main() -> None:
         data=DataInfo(interval_ms=60_000),
         metrics={"best_val_loss": 0.0},
         pump=pump,
+        forecast_calibration=ForecastCalibration(
+            weight=np.linspace(0.2, 1.0, 4),
+            edges=np.array([-0.5, 0.5]),
+            shrink=np.tile([0.0, 0.5, 1.0], (4, 1)),
+            blend=np.tile([0.5, 0.5], (4, 1)),
+            ridge=Ridge(np.zeros(23), np.ones(23), rng.normal(0, 1e-3, (23, 4)), np.zeros(4), np.ones(4)),
+        ),
     )
     save_model_file(bundle, path)
     forecaster = Forecaster.load(path)
-    np.save(HERE / f"model_v{FORMAT_VERSION}_forecast.npy", forecaster.rollout(history(), 10))
-    np.save(HERE / f"model_v{FORMAT_VERSION}_pump.npy", PumpDetector.load(path).score(history()[0]))
+    np.save(HERE / f"model_v{FORMAT_VERSION}_forecast.npy", forecaster.rollout(history(80), 10))
+    np.save(HERE / f"model_v{FORMAT_VERSION}_pump.npy", PumpDetector.load(path).score(history(80)[0]))
 
 
 if __name__ == "__main__":

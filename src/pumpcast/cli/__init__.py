@@ -17,9 +17,18 @@ from contextlib import contextmanager
 from dataclasses import fields
 
 from pumpcast.cli import commands
-from pumpcast.cli.flags import Parser, add_config_flag, add_settings, bounded_int, flag_message, probability
+from pumpcast.cli.flags import (
+    Parser,
+    add_config_flag,
+    add_preset_flag,
+    add_settings,
+    bounded_int,
+    flag_message,
+    probability,
+)
 from pumpcast.config import (
     MAX_FORECAST_STEPS,
+    BacktestConfig,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -48,6 +57,7 @@ TITLES = {
     "tracking": "tracking (MLflow)",
     "test": "testing",
     "tune": "tuning (Optuna)",
+    "backtest": "backtest",
 }
 
 
@@ -102,12 +112,18 @@ def _output(verbose: bool, quiet: bool) -> Iterator[None]:
 
 
 def _settings(
-    p: argparse.ArgumentParser, sections: dict[str, type], skip: tuple[str, ...] = (), config_flag: bool = True
+    p: argparse.ArgumentParser,
+    sections: dict[str, type],
+    skip: tuple[str, ...] = (),
+    config_flag: bool = True,
+    preset: bool = False,
 ) -> None:
     """Flags of the given sections but the fields in skip (a command takes only the flags it uses), the
-    --config flag, and the sections recorded for to_config."""
+    --config (and --preset) flag, and the sections recorded for to_config."""
     for name, cls in sections.items():
         add_settings(p, cls, TITLES[name], only=[f.name for f in fields(cls) if f.name not in skip])
+    if preset:
+        add_preset_flag(p)
     if config_flag:
         add_config_flag(p)
     p.set_defaults(sections=sections)
@@ -176,7 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sections={"data": DataConfig})
 
     p = command("train", "train a forecaster on a store (synthetic data is made if it is empty)", commands.train)
-    _settings(p, TRAIN_SECTIONS | {"tracking": TrackingConfig})
+    _settings(p, TRAIN_SECTIONS | {"tracking": TrackingConfig}, preset=True)
+
+    p = command(
+        "backtest",
+        "cross-validate over tokens or time: a model per fold, scored beside the baselines at several horizons",
+        commands.backtest,
+    )
+    _settings(
+        p,
+        TRAIN_SECTIONS | {"backtest": BacktestConfig},
+        skip=(
+            "resume",
+            "save_model",
+            "checkpoint_dir",
+            "split_file",
+            "split_strategy",
+            "test_ratio",
+            "train_token_ratio",
+        ),
+        preset=True,
+    )
 
     p = command("tune", "search hyperparameters with Optuna (several workers may share one study)", commands.tune)
     p.add_argument("--show", action="store_true", help="print the study's best trials and exit")

@@ -141,6 +141,16 @@ def tune(args: argparse.Namespace) -> None:
     tune(_train_config(conf), conf["tune"], tracking=conf["tracking"], verbose=args.verbose)
 
 
+def backtest(args: argparse.Namespace) -> None:
+    from pumpcast.backtest import backtest
+
+    conf = _config(args)
+    report = backtest(_train_config(conf), conf["backtest"])
+    out = Path(conf["backtest"].output_dir)
+    print((out / "backtest.md").read_text())
+    print(f"wrote {out / 'backtest.md'}, {out / 'backtest.json'} and {out / 'img'} ({report['seconds']:.0f} s)")
+
+
 def _train_and_test(cfg: TrainConfig, tracking: TrackingConfig, test: TestConfig | None) -> None:
     """One MLflow run: train (fit), register if asked, then the seed's test mode on the trained model."""
     from pumpcast.forecasting import Forecaster
@@ -161,7 +171,9 @@ def _train_and_test(cfg: TrainConfig, tracking: TrackingConfig, test: TestConfig
             version = tracker.register_model(result.model_path, tracking.register_model)
             if version:
                 print(f"registered model {tracking.register_model} version {version}")
-        if test is not None:
+        if test is not None and not result.trained.split.tokens("test"):
+            print("no test part (split strategy none): `pumpcast backtest` or `pumpcast test` on other data judges it")
+        elif test is not None:
             bundle = result.bundle
             if test.rollout_damping is not None:
                 bundle = replace(bundle, rollout_damping=test.rollout_damping)

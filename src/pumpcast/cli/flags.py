@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pumpcast.config import Settings, flag_of, key_of, read_config_file, setting_fields, with_values
+from pumpcast.config import PRESETS, Settings, flag_of, key_of, read_config_file, setting_fields, with_values
 from pumpcast.schema import ConfigError
 
 
@@ -102,6 +102,15 @@ def add_settings(
         group.add_argument(flag_of(f), **kwargs)
 
 
+def add_preset_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a bundle of settings: real = quantile forecasts for real markets (see README); a --config file and "
+        "flags override it",
+    )
+
+
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -112,8 +121,12 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def to_config(ns: argparse.Namespace, sections: Mapping[str, type[Settings]]) -> dict[str, Settings]:
-    """The namespace as config objects, once: defaults, then the --config file, then the flags given."""
+    """The namespace as config objects, once: defaults, then the --preset, then the --config file, then the
+    flags given."""
     objects: dict[str, Settings] = {name: cls() for name, cls in sections.items()}
+    preset = getattr(ns, "preset", None)
+    if preset:
+        objects = with_values(objects, {k: v for k, v in PRESETS[preset].items() if k in objects})
     path = getattr(ns, "config", None)
     if path:
         objects = with_values(objects, read_config_file(path), where=str(path))
