@@ -313,12 +313,13 @@ def plot_backtest(report: dict, folder: str | Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
     for ax, subset, title in zip(axes, ("all", "pump"), ("all origins", "pump windows"), strict=True):
         rows = report["metrics"][subset]
-        for k, method in enumerate(("model", "ridge", "empirical", "drift")):
+        for k, method in enumerate(("model", "model_raw", "ridge", "empirical", "drift")):
             cells = [rows.get(str(h), {}).get(method, {}).get("skill") for h in horizons]
-            x = np.arange(len(horizons)) + (k - 1.5) * 0.12
+            x = np.arange(len(horizons)) + (k - 2) * 0.12
             v = np.array([c[0] if c else np.nan for c in cells])
             err = np.array([[c[0] - c[1], c[2] - c[0]] if c else [np.nan, np.nan] for c in cells]).T
-            ax.errorbar(x, v, yerr=err, fmt="o", capsize=3, label=method)
+            label = "network alone" if method == "model_raw" else method
+            ax.errorbar(x, v, yerr=err, fmt="o", capsize=3, label=label)
         ax.axhline(0, color="black", lw=0.8, label="persistence")
         ax.set_xticks(np.arange(len(horizons)), [str(h) for h in horizons])
         ax.set_xlabel("steps ahead")
