@@ -251,9 +251,22 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
         "200",
         "--output-dir",
         str(out),
+        "--save-forecasts",
     ]
     assert main(argv) == 0
     report = json.loads((out / "backtest.json").read_text())
+    frame = pd.read_parquet(out / "forecasts.parquet")  # every scored forecast, long format
+    assert set(frame["method"]) == set(METHODS) and set(frame["horizon"]) == {1, 5}
+    assert {"token", "cutoff", "time", "actual", "median", "mean", "q05", "q95", "fold"} <= set(frame.columns)
+    assert (frame.loc[frame.method == "persistence", "median"] == 0).all()
+    row = frame[(frame.method == "model") & (frame.horizon == 5)].iloc[3]
+    store = TokenDataManager(synthetic_store)
+    tid = next(int(t) for t, m in store.metadata()["tokens"].items() if m["key"] == row["token"])
+    times = pd.to_datetime(store.read(tid).timestamps, unit="ms", utc=True)
+    last = int(np.flatnonzero(times == row["cutoff"])[0])
+    lp = np.log(store.read_features(tid)[:, 0])
+    assert row["actual"] == pytest.approx(lp[last + 5] - lp[last]) and row["time"] == times[last + 5]
+    assert row["q05"] <= row["median"] <= row["q95"]
     assert report["tokens"] == list(range(6))
     rows = report["metrics"]["all"]["5"]
     assert set(rows) == set(METHODS)

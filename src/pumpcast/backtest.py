@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pumpcast import baselines
 from pumpcast.config import BacktestConfig, TrainConfig, replace_train, to_dict
@@ -171,8 +172,10 @@ def score_token(
     forecaster: Forecaster | None,
     ridge: baselines.Ridge,
     context: int,
+    frames: list[pd.DataFrame] | None = None,
 ) -> np.ndarray:
-    """(methods, H, subsets, stats) sums for one token's origins."""
+    """(methods, H, subsets, stats) sums for one token's origins; with `frames`, every forecast is also
+    appended to it as a long-format frame (see forecast_frame)."""
     feats = store.read_features(org.token_id)
     levels = QuantileLoss.levels
     out = np.full((len(METHODS), len(horizons), len(SUBSETS), len(STATS)), np.nan)
@@ -202,7 +205,43 @@ def score_token(
                 out[m, j, s] = forecast_stats(
                     org.actual[sel, j], med[sel], mean[sel], None if quant is None else quant[sel], levels
                 )
+            if frames is not None:
+                frames.append(forecast_frame(store, org, j, h, name, med, mean, quant, levels))
     return out
+
+
+def forecast_frame(
+    store: TokenDataManager,
+    org: Origins,
+    j: int,
+    h: int,
+    method: str,
+    median: np.ndarray,
+    mean: np.ndarray,
+    quantiles: np.ndarray | None,
+    levels: tuple[float, ...],
+) -> pd.DataFrame:
+    """One method's forecasts at horizon h for one token, in the long format of NeuralForecast's
+    cross_validation: token (key), cutoff (the last known bar), time (the forecast bar), horizon, method, actual,
+    median, mean and q05..q95 (empty for point forecasts); values are log price changes from the cutoff."""
+    tok = store.read(org.token_id)
+    times = pd.to_datetime(tok.timestamps, unit="ms", utc=True)
+    target = np.minimum(org.origins - 1 + h, len(times) - 1)
+    frame = pd.DataFrame(
+        {
+            "token": tok.key,
+            "cutoff": times[org.origins - 1],
+            "time": times[target].where(org.origins - 1 + h < len(times)),
+            "horizon": h,
+            "method": method,
+            "actual": org.actual[:, j],
+            "median": median,
+            "mean": mean,
+        }
+    )
+    for k, level in enumerate(levels):
+        frame[f"q{round(level * 100):02d}"] = quantiles[:, k] if quantiles is not None else np.nan
+    return frame
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -299,11 +338,15 @@ def run_fold(
     ridge = baselines.fit_ridge_ranges(store, split.ranges["train"], split.ranges["val"], horizons, baselines.WARMUP)
     interval = int(store.metadata()["tokens"][str(split.tokens("test")[0])]["interval_ms"])
     tokens, sums = [], []
+    frames: list[pd.DataFrame] | None = [] if bt.save_forecasts else None
     for t in split.tokens("test"):
         org = range_origins(store, t, split.ranges["test"][t], horizons, first, bt.every, interval)
         if org is not None:
             tokens.append(t)
-            sums.append(score_token(store, org, horizons, forecaster, ridge, bt.context))
+            sums.append(score_token(store, org, horizons, forecaster, ridge, bt.context, frames))
+    if frames:
+        path = folder / f"fold{k}_forecasts.parquet"
+        atomic_write(path, lambda tmp: pd.concat(frames, ignore_index=True).assign(fold=k).to_parquet(tmp), ".parquet")
     log.info(
         "fold %d/%d: scored %d test token(s) in %.0f s", k + 1, bt.folds, len(tokens), time.perf_counter() - started
     )
@@ -382,6 +425,13 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
         "metrics": summarize(per_token, horizons, bt.bootstrap, cfg.data.seed),
     }
     report["pictures"] = [str(p.relative_to(out)) for p in plot_backtest(report, out / "img")]
+    if bt.save_forecasts:
+        files = [out / "folds" / f"fold{k}_forecasts.parquet" for k in range(len(splits))]
+        parts = [pd.read_parquet(f) for f in files if f.exists()]
+        atomic_write(
+            out / "forecasts.parquet", lambda tmp: pd.concat(parts, ignore_index=True).to_parquet(tmp), ".parquet"
+        )
+        report["forecasts"] = "forecasts.parquet"
     atomic_write_json(out / "backtest.json", report)
     atomic_write(out / "backtest.md", lambda p: p.write_text(backtest_markdown(report)), suffix=".md")
     return report

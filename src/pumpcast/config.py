@@ -381,6 +381,11 @@ class BacktestConfig(Settings):
         None, "score this model file in every fold instead of training one per fold", metavar="MODEL"
     )
     output_dir: str = option("reports", "where backtest.md, backtest.json, img/ and folds/ go")
+    save_forecasts: bool = option(
+        False,
+        "also write every scored forecast to forecasts.parquet (long format: token, cutoff, time, horizon, method, "
+        "actual, median, mean, q05..q95)",
+    )
 
     def check(self) -> None:
         steps = self.horizon_steps()
