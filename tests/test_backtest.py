@@ -278,6 +278,15 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
         assert not set(fold["test_tokens"]) & (set(fold["train_tokens"]) | set(fold["val_tokens"]))
         assert load_model_file(out / "folds" / f"fold{k}.pth").forecast_calibration is not None
     assert (out / "img" / "backtest_skill.png").stat().st_size > 0
+    # pump events of the model and both baselines, thresholds from each fold's validation tokens
+    events = report["events"]
+    assert set(events) == {"model", "volume_z", "buys_z"}
+    assert events["model"]["events"] == events["buys_z"]["events"] > 0
+    for m in events.values():
+        assert 0 <= m["detected"] <= m["events"] and m["recall"][0] == pytest.approx(m["detected"] / m["events"])
+        assert 0 <= m["recall"][1] <= m["recall"][0] <= m["recall"][2] <= 1
+        assert 0 <= m["auprc"][0] <= 1
+    assert "## Pump events" in (out / "backtest.md").read_text()
     assert "### h = 5 steps" in (out / "backtest.md").read_text()
     # a second run reads the finished folds instead of training again
     stamp = (out / "folds" / "fold0.pth").stat().st_mtime_ns
@@ -325,3 +334,19 @@ def test_fit_trains_a_calibrated_quantile_model(tmp_path):
     low, high = panel.bands[0.8]
     assert (low <= panel.forecast).all() and (panel.forecast <= high).all() and (low < high).any()
     assert plot_forecasts([panel], tmp_path / "f.png", "bands").stat().st_size > 0
+
+
+def test_baselines_and_pump_baselines_are_causal():
+    """Appending future bars never changes a past score or feature."""
+    from pumpcast.pumps import BASELINES
+
+    feats = _history(600, seed=5)
+    more = np.concatenate([feats, _history(200, seed=6) * 50.0])
+    for name, score in BASELINES.items():
+        np.testing.assert_array_equal(score(feats), score(more)[:600], err_msg=name)
+    origins = np.arange(100, 600, 7)
+    np.testing.assert_array_equal(baselines.ridge_features(feats, origins), baselines.ridge_features(more, origins))
+    np.testing.assert_array_equal(baselines.drift(feats, origins, (1, 5)), baselines.drift(more, origins, (1, 5)))
+    a, _ = baselines.empirical_quantiles(feats, origins[origins >= 100], 5, LEVELS, 100)
+    b, _ = baselines.empirical_quantiles(more, origins[origins >= 100], 5, LEVELS, 100)
+    np.testing.assert_array_equal(a, b)

@@ -32,11 +32,12 @@ import pandas as pd
 
 from pumpcast import baselines
 from pumpcast.config import BacktestConfig, TrainConfig, replace_train, to_dict
+from pumpcast.detection import PumpDetector, event_scores, score_ranges
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster
 from pumpcast.losses import QuantileLoss
-from pumpcast.modelfile import load_model_file
-from pumpcast.pumps import pump_events
+from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.pumps import average_precision, event_metrics, pump_events, pump_labels
 from pumpcast.schema import PRICE, DataError
 from pumpcast.splits import Split, make_split
 from pumpcast.store import TokenDataManager
@@ -244,6 +245,87 @@ def forecast_frame(
     return frame
 
 
+def fold_events(
+    bundle: ModelBundle, store: TokenDataManager, test: dict[int, tuple[int, int]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per detector (the model and each baseline, at the thresholds chosen on the fold's validation tokens and
+    stored in its model file) and test token with known events: the event metrics' counts, and the scores and
+    positive steps the AUPRC needs (of the steps scored)."""
+    detector = PumpDetector(bundle)
+    pump = detector.calibration
+    thresholds = {"model": pump.threshold, **pump.baseline_thresholds}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, items in event_scores(detector, score_ranges(bundle, store, test)).items():
+        out[name] = []
+        for it in items:
+            m = event_metrics([it], thresholds[name], pump.horizon, auprc=False)
+            valid = np.isfinite(it.scores)
+            labels = pump_labels(len(it.scores), it.events, pump.horizon)[valid, 2]
+            out[name].append(
+                {
+                    "token": it.token_id,
+                    "events": m["events"],
+                    "detected": round(m["recall"] * m["events"]) if m["events"] else 0,
+                    "early": round(m["early_warning_rate"] * m["events"]) if m["events"] else 0,
+                    "delay": m["median_delay_steps"] if np.isfinite(m["median_delay_steps"]) else None,
+                    "false_alarms": round(m["false_alarms_per_day"] * m["days"]),
+                    "days": m["days"],
+                    "threshold": thresholds[name],
+                    "scores": it.scores[valid].round(6).tolist(),
+                    "positives": np.flatnonzero(labels).tolist(),
+                }
+            )
+    return out
+
+
+def summarize_events(folds: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
+    """Event metrics per detector over all folds' test tokens: detected and early events (counts), and with
+    95% bootstrap intervals over tokens recall, early-warning rate, false alarms per day, median delay (steps;
+    negative = early) and AUPRC (each token's scores from its own fold's model)."""
+    per: dict[str, list[dict[str, Any]]] = {}
+    for f in folds:
+        for name, rows in (f.get("events") or {}).items():
+            per.setdefault(name, []).extend(rows)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for name, rows in per.items():
+        n = len(rows)
+        draws = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(n_boot)]
+        values = []
+        for d in draws:
+            sel = [rows[i] for i in d]
+            scores = [np.asarray(r["scores"]) for r in sel]
+            labels = []
+            for r, sc in zip(sel, scores, strict=True):
+                lab = np.zeros(sc.size, dtype=bool)
+                lab[r["positives"]] = True
+                labels.append(lab)
+            days = sum(r["days"] for r in sel)
+            delays = [r["delay"] for r in sel if r["delay"] is not None]
+            n_events = sum(r["events"] for r in sel)
+            values.append(
+                [
+                    sum(r["detected"] for r in sel) / n_events if n_events else np.nan,
+                    sum(r["early"] for r in sel) / n_events if n_events else np.nan,
+                    sum(r["false_alarms"] for r in sel) / days if days else np.nan,
+                    float(np.median(delays)) if delays else np.nan,
+                    average_precision(np.concatenate(labels), np.concatenate(scores)) if sel else np.nan,
+                ]
+            )
+        v = np.asarray(values, dtype=np.float64)
+        lo, hi = np.nanpercentile(v[1:], [2.5, 97.5], axis=0)
+        out[name] = {
+            "events": int(sum(r["events"] for r in rows)),
+            "detected": int(sum(r["detected"] for r in rows)),
+            "early": int(sum(r["early"] for r in rows)),
+            **{
+                key: [float(v[0, i]), float(lo[i]), float(hi[i])]
+                for i, key in enumerate(("recall", "early_rate", "false_alarms_per_day", "median_delay_steps", "auprc"))
+            },
+        }
+    return out
+
+
 # --------------------------------------------------------------------------------------------- metrics
 
 
@@ -347,10 +429,12 @@ def run_fold(
     if frames:
         path = folder / f"fold{k}_forecasts.parquet"
         atomic_write(path, lambda tmp: pd.concat(frames, ignore_index=True).assign(fold=k).to_parquet(tmp), ".parquet")
+    events = fold_events(bundle, store, split.ranges["test"]) if bundle.has_pump_head else None
     log.info(
         "fold %d/%d: scored %d test token(s) in %.0f s", k + 1, bt.folds, len(tokens), time.perf_counter() - started
     )
     return {
+        "events": events,
         "fold": k,
         "train_tokens": split.tokens("train"),
         "val_tokens": split.tokens("val"),
@@ -423,6 +507,7 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
         ],
         "seconds": time.perf_counter() - started,
         "metrics": summarize(per_token, horizons, bt.bootstrap, cfg.data.seed),
+        "events": summarize_events(folds, bt.bootstrap, cfg.data.seed),
     }
     report["pictures"] = [str(p.relative_to(out)) for p in plot_backtest(report, out / "img")]
     if bt.save_forecasts:
@@ -492,6 +577,21 @@ def backtest_markdown(report: dict[str, Any]) -> str:
                     f"{_ci(m.get('directional_accuracy'))} | {_plain(m.get('pinball'), 5)} | "
                     f"{_plain(m.get('cov50'), 3)} | {_ci(m.get('cov80'))} | {_plain(m.get('cov90'), 3)} |"
                 )
+    if report.get("events"):
+        lines += [
+            "",
+            "## Pump events (thresholds chosen on each fold's validation tokens, at most "
+            f"{report['settings']['pump']['max_false_alarms_per_day']:g} false alarm per day there)",
+            "",
+            "| detector | detected | early | false alarms / day | median delay (steps) | AUPRC |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, m in report["events"].items():
+            lines.append(
+                f"| {name} | {m['detected']}/{m['events']}: {_ci(m['recall'], 2)} | "
+                f"{m['early']}/{m['events']}: {_ci(m['early_rate'], 2)} | "
+                f"{_ci(m['false_alarms_per_day'], 2)} | {_ci(m['median_delay_steps'], 1)} | {_ci(m['auprc'])} |"
+            )
     lines += [
         "",
         "## Folds",

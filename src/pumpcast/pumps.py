@@ -54,11 +54,16 @@ def rolling_zscore(x: np.ndarray, window: int = 60, min_std: float = 0.5) -> np.
     return ((s - past.mean()) / np.maximum(past.std(), min_std)).to_numpy(dtype=np.float64, copy=True)
 
 
+#: Bars over which volume_z finds a token's typical active-bar volume (a day of 1-minute bars).
+VOLUME_SCALE_BARS = 1440
+
+
 def volume_z(features: np.ndarray) -> np.ndarray:
-    """Baseline score: rolling z-score of log volume (volume in units of its median active bar)."""
-    v = np.nan_to_num(features[:, VOLUME])
-    scale = np.median(v[v > 0]) if (v > 0).any() else 1.0
-    return rolling_zscore(np.log1p(v / scale))
+    """Baseline score: rolling z-score of log volume, in units of the median active bar of the previous
+    VOLUME_SCALE_BARS bars (past only: appending bars never changes an earlier score)."""
+    v = pd.Series(np.nan_to_num(features[:, VOLUME]))
+    scale = v.where(v > 0).shift(1).rolling(VOLUME_SCALE_BARS, min_periods=1).median()
+    return rolling_zscore(np.log1p(v / scale.fillna(1.0)).to_numpy())
 
 
 def buys_z(features: np.ndarray) -> np.ndarray:
