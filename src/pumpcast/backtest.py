@@ -98,6 +98,8 @@ class Origins:
     origins: np.ndarray  # (n,) first unknown step
     actual: np.ndarray  # (n, H) log price change at each horizon (NaN past the range's end)
     pump: np.ndarray  # (n,) bool: the origin lies in a pump window
+    key: str  # the token's store key
+    times: np.ndarray  # (T,) the token's bar times, for long-format frames
 
 
 def range_origins(
@@ -115,13 +117,13 @@ def range_origins(
     origins = np.arange(max(a, first), b, every)
     if origins.size == 0:
         return None
-    feats = store.read_features(token_id)[:b]
-    actual = baselines.changes(feats, origins, horizons)
+    tok = store.read(token_id)
+    actual = baselines.changes(tok.features[:b], origins, horizons)
     before, after = PUMP_BEFORE_MS // interval_ms, PUMP_AFTER_MS // interval_ms
     pump = np.zeros(origins.size, dtype=bool)
-    for e in pump_events(store.read(token_id).events):
+    for e in pump_events(tok.events):
         pump |= (origins - 1 >= e.start - before) & (origins - 1 <= e.start + after)
-    return Origins(token_id, origins, actual, pump)
+    return Origins(token_id, origins, actual, pump, tok.key, pd.to_datetime(tok.timestamps, unit="ms", utc=True))
 
 
 def model_forecasts(
@@ -207,12 +209,11 @@ def score_token(
                     org.actual[sel, j], med[sel], mean[sel], None if quant is None else quant[sel], levels
                 )
             if frames is not None:
-                frames.append(forecast_frame(store, org, j, h, name, med, mean, quant, levels))
+                frames.append(forecast_frame(org, j, h, name, med, mean, quant, levels))
     return out
 
 
 def forecast_frame(
-    store: TokenDataManager,
     org: Origins,
     j: int,
     h: int,
@@ -225,12 +226,11 @@ def forecast_frame(
     """One method's forecasts at horizon h for one token, in the long format of NeuralForecast's
     cross_validation: token (key), cutoff (the last known bar), time (the forecast bar), horizon, method, actual,
     median, mean and q05..q95 (empty for point forecasts); values are log price changes from the cutoff."""
-    tok = store.read(org.token_id)
-    times = pd.to_datetime(tok.timestamps, unit="ms", utc=True)
+    times = org.times
     target = np.minimum(org.origins - 1 + h, len(times) - 1)
     frame = pd.DataFrame(
         {
-            "token": tok.key,
+            "token": org.key,
             "cutoff": times[org.origins - 1],
             "time": times[target].where(org.origins - 1 + h < len(times)),
             "horizon": h,
