@@ -5,16 +5,18 @@ Like Darts' `historical_forecasts` and NeuralForecast's `cross_validation`, for 
 - folds by token: whole tokens are held out; each fold trains a model on the other tokens (a share of them,
   preferring tokens with events, validates: early stopping, calibration, the ridge penalty), then scores the
   held-out tokens. No test token is seen in training, validation or any choice made on validation.
-- folds by time (rolling origin): every token is cut into folds + 1 blocks; fold k trains on the blocks before
-  block k (its last val_ratio validates) and scores block k. With a model file given, that one model is
-  scored on every fold instead (no retraining).
+- folds by time (rolling origin): every token is cut into folds + 1 blocks; fold k (from 0) scores block
+  k + 1 and trains on the blocks before it (their last val_ratio validates). With a model file given, that one
+  model is scored on every fold instead (no retraining).
 
 Every origin of a held-out range is scored (or every `every`-th) at each horizon h: the change of log price
 from the origin's last known step to h steps later. Per horizon, for the model and every baseline
 (baselines.py): MAE skill against persistence, RMSE, directional accuracy of the mean ("no move" on either
 side counts one half), mean pinball loss over the quantile levels, and coverage of the 50/80/90% intervals;
 overall and in pump windows (an hour before a pump to two hours after it); with 95% bootstrap intervals over
-tokens. Each fold's scores are saved when it ends, so an interrupted backtest resumes at the next fold.
+tokens. With a pump head, each fold's pump events too: the model and the z-score baselines at the thresholds
+chosen on that fold's validation tokens. Each fold's scores are saved when it ends, so an interrupted
+backtest resumes at the next fold; every scored forecast can be kept as a long-format frame.
 """
 
 from __future__ import annotations
