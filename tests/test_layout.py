@@ -1,6 +1,7 @@
 """The seams: no import cycle, one default per setting, config files checked, the Python API without argparse,
 warm starts from a model file."""
 
+import argparse
 import ast
 import json
 from dataclasses import fields
@@ -222,3 +223,10 @@ def test_tune_from_python_with_a_config(tmp_path):
     assert isinstance(best, TrainConfig) and best.model.nhead in (2, 4) and best.data == cfg.data
     saved = json.loads((tmp_path / "best.json").read_text())
     assert replace_train(TrainConfig(), saved) == best  # the file is the whole config
+
+
+def test_every_command_help_renders(capsys):
+    """A help text argparse cannot format (a bare % in it) would break `COMMAND --help`."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert "usage:" in parser.format_help(), name

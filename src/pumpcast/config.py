@@ -376,7 +376,7 @@ class BacktestConfig(Settings):
     horizons: str = option("1,5,15,60", "steps ahead to score, comma-separated")
     every: int = option(1, "score every k-th origin of the held-out part", low=1)
     context: int = option(500, "steps the empirical-quantile baseline looks back", low=2)
-    bootstrap: int = option(1000, "bootstrap resamples of the tokens for the 95% intervals", low=100)
+    bootstrap: int = option(1000, "bootstrap resamples of the tokens for the 95 percent intervals", low=100)
     load_model: str | None = option(
         None, "score this model file in every fold instead of training one per fold", metavar="MODEL"
     )
