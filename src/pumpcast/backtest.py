@@ -192,13 +192,14 @@ def score_token(
         models["model"] = model_forecasts(forecaster, feats, org.origins, horizons, calibrated=True)
         if forecaster.bundle.forecast_calibration is not None:
             models["model_raw"] = model_forecasts(forecaster, feats, org.origins, horizons, calibrated=False)
+    windows = baselines.context_windows(feats, org.origins, context)
+    emp_q, emp_mean = baselines.empirical_quantiles(windows, horizons, levels)  # (n, H, K), (n, H)
     for j, h in enumerate(horizons):
-        emp_q, emp_mean = baselines.empirical_quantiles(feats, org.origins, h, levels, context)
         forecasts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {
             "persistence": (zero, zero, None),
             "drift": (drift[:, j], drift[:, j], None),
             "ridge": (ridge_pred[:, j], ridge_pred[:, j], None),
-            "empirical": (emp_q[:, levels.index(0.5)], emp_mean, emp_q),
+            "empirical": (emp_q[:, j, levels.index(0.5)], emp_mean[:, j], emp_q[:, j]),
         }
         for name, (quantiles, means) in models.items():
             mlevels = forecaster.quantile_levels

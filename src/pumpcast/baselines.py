@@ -9,7 +9,7 @@ origin - 1): log(p[origin - 1 + h] / p[origin - 1]).
   its recent means, the last non-zero return, log volume against its
   last-hour mean and buy/sell imbalance, fitted in closed form on training origins, its penalty chosen on
   validation origins (Hastie et al., ch. 3.4; in thin markets it mostly learns the bid-ask bounce);
-- empirical quantiles: the quantiles of the context's own past h-step changes (the model's seq_len steps).
+- empirical quantiles: the quantiles of the context's own past h-step changes (the last `context` steps).
 """
 
 from __future__ import annotations
@@ -158,13 +158,17 @@ def fit_ridge_ranges(
 
 
 def empirical_quantiles(
-    features: np.ndarray, origins: np.ndarray, horizon: int, levels: tuple[float, ...], context: int
+    log_prices: np.ndarray, steps: tuple[int, ...], levels: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, len(levels)) quantiles and (n,) mean of the h-step log changes seen inside the `context` steps
-    before each origin (origins >= context)."""
-    lp = log_price(features)
-    d = lp[horizon:] - lp[:-horizon]  # d[s]: the change from s to s + h, known from step s + h on
-    width = context - horizon  # changes that end inside the context
-    starts = np.asarray(origins) - context
-    seen = sliding_window_view(d, width)[starts]  # (n, width)
-    return np.quantile(seen, levels, axis=1).T, seen.mean(axis=1)
+    """Log prices of context windows (B, L) -> the quantiles (B, len(steps), len(levels)) and means
+    (B, len(steps)) of the h-step changes seen inside each window, for each h in steps (< L)."""
+    changes = [log_prices[:, h:] - log_prices[:, :-h] for h in steps]
+    return (
+        np.stack([np.quantile(c, levels, axis=1).T for c in changes], axis=1),
+        np.stack([c.mean(axis=1) for c in changes], axis=1),
+    )
+
+
+def context_windows(features: np.ndarray, origins: np.ndarray, context: int) -> np.ndarray:
+    """(n, context) log prices of the `context` steps before each origin (origins >= context)."""
+    return sliding_window_view(log_price(features), context)[np.asarray(origins) - context]
