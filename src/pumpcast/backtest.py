@@ -380,10 +380,8 @@ def summarize(per_token: np.ndarray, horizons: tuple[int, ...], n_boot: int, see
 
 
 def _fingerprint(cfg: TrainConfig, bt: BacktestConfig) -> str:
-    settings = {
-        **to_dict(cfg.sections()),
-        "backtest": {k: v for k, v in to_dict({"b": bt})["b"].items() if k != "output_dir"},
-    }
+    """What a saved fold was made with: every setting but where the report goes."""
+    settings = to_dict({**cfg.sections(), "backtest": replace(bt, output_dir="")})
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
