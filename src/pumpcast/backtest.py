@@ -41,7 +41,7 @@ from pumpcast.losses import QuantileLoss
 from pumpcast.modelfile import ModelBundle, load_model_file
 from pumpcast.pumps import average_precision, event_metrics, pump_events, pump_labels
 from pumpcast.schema import PRICE, DataError
-from pumpcast.splits import Split, make_split
+from pumpcast.splits import Split, make_split, tokens_with_events
 from pumpcast.store import TokenDataManager
 
 log = logging.getLogger(__name__)
@@ -295,14 +295,10 @@ def summarize_events(folds: list[dict[str, Any]], n_boot: int, seed: int) -> dic
         n = len(rows)
         draws = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(n_boot)]
         values = []
+        scores = [np.asarray(r["scores"], dtype=np.float64) for r in rows]  # per token, built once for all draws
+        labels = [np.isin(np.arange(sc.size), r["positives"]) for r, sc in zip(rows, scores, strict=True)]
         for d in draws:
             sel = [rows[i] for i in d]
-            scores = [np.asarray(r["scores"]) for r in sel]
-            labels = []
-            for r, sc in zip(sel, scores, strict=True):
-                lab = np.zeros(sc.size, dtype=bool)
-                lab[r["positives"]] = True
-                labels.append(lab)
             days = sum(r["days"] for r in sel)
             delays = [r["delay"] for r in sel if r["delay"] is not None]
             n_events = sum(r["events"] for r in sel)
@@ -312,7 +308,9 @@ def summarize_events(folds: list[dict[str, Any]], n_boot: int, seed: int) -> dic
                     sum(r["early"] for r in sel) / n_events if n_events else np.nan,
                     sum(r["false_alarms"] for r in sel) / days if days else np.nan,
                     float(np.median(delays)) if delays else np.nan,
-                    average_precision(np.concatenate(labels), np.concatenate(scores)) if sel else np.nan,
+                    average_precision(np.concatenate([labels[i] for i in d]), np.concatenate([scores[i] for i in d]))
+                    if sel
+                    else np.nan,
                 ]
             )
         v = np.asarray(values, dtype=np.float64)
@@ -460,8 +458,7 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
     if not lengths:
         raise DataError(f"{store.dir}: no tokens; ingest or generate data first")
     horizons = bt.horizon_steps()
-    meta = store.metadata()["tokens"]
-    with_events = {int(t) for t, m in meta.items() if m.get("events", 0)}
+    with_events = tokens_with_events(store)
     splits = (
         token_folds(lengths, with_events, bt.folds, cfg.data.val_ratio, cfg.data.seed)
         if bt.by == "token"

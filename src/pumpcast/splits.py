@@ -122,6 +122,11 @@ def load_split_file(path: str | Path, lengths: dict[int, int]) -> Split:
     return split
 
 
+def tokens_with_events(store: TokenDataManager) -> set[int]:
+    """Ids of the store's tokens that carry events: validation takes them first (calibration needs events)."""
+    return {int(t) for t, m in store.metadata()["tokens"].items() if m.get("events", 0)}
+
+
 def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") -> Split:
     """The split a command works on, decided in one place:
 
@@ -138,7 +143,6 @@ def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") 
         raise DataError(f"{store.split_path}: no split; train on this store first or give split_file")
     if stored is not None and (reuse == "required" or stored.get("strategy") == data.split_strategy):
         return load_split_file(store.split_path, store.lengths())
-    with_events = {int(t) for t, m in store.metadata()["tokens"].items() if m.get("events", 0)}
     return make_split(
         store.lengths(),
         data.split_strategy,
@@ -146,5 +150,5 @@ def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") 
         data.val_ratio,
         data.train_token_ratio,
         data.seed,
-        with_events,
+        tokens_with_events(store),
     )
