@@ -280,7 +280,7 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
     assert (out / "img" / "backtest_skill.png").stat().st_size > 0
     # pump events of the model and both baselines, thresholds from each fold's validation tokens
     events = report["events"]
-    assert set(events) == {"model", "volume_z", "buys_z"}
+    assert set(events) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic"}
     assert events["model"]["events"] == events["buys_z"]["events"] > 0
     for m in events.values():
         assert 0 <= m["detected"] <= m["events"] and m["recall"][0] == pytest.approx(m["detected"] / m["events"])
@@ -336,14 +336,34 @@ def test_fit_trains_a_calibrated_quantile_model(tmp_path):
     assert plot_forecasts([panel], tmp_path / "f.png", "bands").stat().st_size > 0
 
 
-def test_baselines_and_pump_baselines_are_causal():
-    """Appending future bars never changes a past score or feature."""
-    from pumpcast.pumps import BASELINES
+def test_baselines_and_pump_baselines_are_causal(binance_dir):
+    """Appending future bars never changes a past score or feature: every pump baseline (each z-score at every
+    window and floor tried, the La Morgia features, the logistic regression) and every forecast baseline."""
+    from dataclasses import replace
+
+    from pumpcast.detectors import SIGNALS, WINDOWS, LogisticDetector, ZScoreDetector, morgia_features
+    from pumpcast.ingest import trades_to_bars
+
+    [tok] = trades_to_bars(binance_dir / "NAS_2022-02-01_15.00.csv.gz")
+    n = 3000  # the pump is at bar ~2900: the future holds it
+    past = replace(tok, timestamps=tok.timestamps[:n], features=tok.features[:n], extras=tok.extras[:n])
+    wild = tok.features.copy()
+    wild[n:, 1:] *= 100.0
+    later = replace(tok, features=wild, extras=tok.extras * np.r_[np.ones(n), np.full(len(wild) - n, 7.0)][:, None])
+    for signal, (_, floors) in SIGNALS.items():
+        for window in WINDOWS:
+            for floor in floors:
+                det = ZScoreDetector(signal, window, floor)
+                a, b = det.score(past), det.score(later)[:n]
+                assert np.isfinite(a[-1000:]).any(), signal
+                np.testing.assert_array_equal(a, b, err_msg=f"{det}")
+    np.testing.assert_array_equal(morgia_features(past), morgia_features(later)[:n])
+    k = morgia_features(past).shape[1]
+    logistic = LogisticDetector((0.0,) * k, (1.0,) * k, tuple(np.linspace(-1, 1, k)), 0.5, 1.0)
+    np.testing.assert_array_equal(logistic.score(past), logistic.score(later)[:n])
 
     feats = _history(600, seed=5)
     more = np.concatenate([feats, _history(200, seed=6) * 50.0])
-    for name, score in BASELINES.items():
-        np.testing.assert_array_equal(score(feats), score(more)[:600], err_msg=name)
     origins = np.arange(100, 600, 7)
     np.testing.assert_array_equal(baselines.ridge_features(feats, origins), baselines.ridge_features(more, origins))
     np.testing.assert_array_equal(baselines.drift(feats, origins, (1, 5)), baselines.drift(more, origins, (1, 5)))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pumpcast.ingest import candles_to_bars, ingest_files, read_events, trades_to_bars
-from pumpcast.schema import FEATURES
+from pumpcast.schema import EXTRA_FEATURES, FEATURES
 from pumpcast.store import TokenDataManager
 
 
@@ -51,6 +51,48 @@ def test_trade_bars_match_independent_computation(binance_dir, name):
     assert np.isnan(bars.features[:, FEATURES.index("liquidity")]).all()
     assert np.isnan(bars.features[:, FEATURES.index("market_cap")]).all()
     assert bars.symbol == name.split("_")[0] + "/BTC"
+
+
+def independent_extras(path):
+    """Per minute, by plain Python: taker buy/sell quote volume, taker orders per side (consecutive trades of one
+    side in one millisecond), rush orders (buy orders of 2+ trades)."""
+    with gzip.open(path, "rt") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: int(r["timestamp"]))
+    bars, orders = {}, []
+    for r in rows:
+        ts, side = int(r["timestamp"]), r["side"]
+        b = bars.setdefault(ts // 60000, [0.0, 0.0, 0, 0, 0])
+        b[0 if side == "buy" else 1] += float(r["btc_volume"])
+        if orders and orders[-1][:2] == [ts, side]:
+            orders[-1][2] += 1
+        else:
+            orders.append([ts, side, 1])
+    for ts, side, fills in orders:
+        b = bars[ts // 60000]
+        b[2 if side == "buy" else 3] += 1
+        b[4] += side == "buy" and fills >= 2
+    first, last = min(bars), max(bars)
+    return np.array([bars.get(m, [0.0, 0.0, 0, 0, 0]) for m in range(first, last + 1)], dtype=float)
+
+
+@pytest.mark.parametrize("name", ["NAS_2022-02-01_15.00.csv.gz", "MTH_2021-07-27_17.00.csv.gz"])
+def test_extra_trade_features_match_independent_computation(binance_dir, name, tmp_path):
+    ref = independent_extras(binance_dir / name)
+    [bars] = trades_to_bars(binance_dir / name)
+    assert bars.extras.shape == (len(ref), len(EXTRA_FEATURES))
+    np.testing.assert_allclose(bars.extras[:, :2], ref[:, :2], rtol=1e-9, atol=1e-15)
+    np.testing.assert_array_equal(bars.extras[:, 2:], ref[:, 2:])
+    assert ref[:, 4].sum() > 0  # the file has rush orders
+    # stored with their own mask and read back whole; a bar file without sides has no extras
+    [t] = ingest_files("trades", [binance_dir / name], tmp_path / "s")
+    np.testing.assert_array_equal(TokenDataManager(tmp_path / "s").read(t).extras, bars.extras)
+    frame = pd.read_csv(binance_dir / name).drop(columns=["side"])
+    [no_side] = trades_to_bars(frame)
+    assert no_side.extras is None and np.isnan(no_side.extra("rush_orders")).all()
+    frame["timestamp"] = frame["timestamp"] // 1000 * 1000  # whole seconds: orders cannot be told apart
+    frame["side"] = "buy"
+    [coarse] = trades_to_bars(frame)
+    assert np.isfinite(coarse.extra("buy_volume")).all() and np.isnan(coarse.extra("rush_orders")).all()
 
 
 def test_ingest_all_real_files_with_events(binance_dir, tmp_path):

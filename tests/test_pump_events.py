@@ -12,6 +12,7 @@ from helpers import TINY_MODEL
 
 from pumpcast.cli import main
 from pumpcast.detection import PumpDetector, calibrate
+from pumpcast.detectors import BaselineSet
 from pumpcast.forecasting import Forecaster
 from pumpcast.modelfile import load_model_file
 from pumpcast.splits import Split
@@ -54,7 +55,11 @@ def trained(tmp_path_factory):
 def test_model_file_carries_validation_calibration_and_thresholds(trained):
     pump = load_model_file(trained / "m.pth").pump
     assert pump.horizon == 5 and pump.max_false_alarms_per_day == 1.0
-    assert len(pump.calibration) == 3 and set(pump.baseline_thresholds) == {"volume_z", "buys_z"}
+    baselines = BaselineSet.from_dict(pump.baselines)
+    assert len(pump.calibration) == 3
+    # synthetic tokens: no buy quote volume, so no buy_volume_z; the logistic regression fitted on training tokens
+    assert set(baselines.thresholds) == {"volume_z", "buys_z", "buy_share_z", "logistic"}
+    assert all(np.isfinite(th) for th in baselines.thresholds.values())
     assert pump.val_metrics["events"] > 0  # the validation tokens hold pumps
     assert pump.val_metrics["false_alarms_per_day"] <= 1.0
 
@@ -79,9 +84,9 @@ def test_thresholds_depend_on_validation_data_only(trained, tmp_path):
         return calibrate(bundle, s, split.ranges["val"], 1.0)
 
     same = wrecked("test")  # whatever happens in the test part, the choice is the same
-    assert same.threshold == base.threshold and same.baseline_thresholds == base.baseline_thresholds
+    assert same.threshold == base.threshold and same.baselines == base.baselines
     other = wrecked("val")
-    assert other.baseline_thresholds != base.baseline_thresholds
+    assert other.baselines != base.baselines
 
 
 def test_predict_adds_pump_probability(trained, tmp_path):
@@ -177,7 +182,7 @@ def test_evaluate_writes_the_report(trained, tmp_path):
     pump = load_model_file(trained / "m.pth").pump
     assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
     overall = report["events"]["overall"]
-    assert set(overall) == {"model", "volume_z", "buys_z"} and overall["model"]["events"] > 0
+    assert set(overall) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic"} and overall["model"]["events"] > 0
     assert set(report["forecast"]["1-10"]) >= {"mae_log", "mae_log_persistence", "mae_log_drift"}
     text = (out / "report.md").read_text()
     assert "| model |" in text and "| volume_z |" in text and "persistence" in text

@@ -35,6 +35,7 @@ import pandas as pd
 from pumpcast import baselines
 from pumpcast.config import BacktestConfig, TrainConfig, replace_train, to_dict
 from pumpcast.detection import PumpDetector, event_scores, score_ranges
+from pumpcast.detectors import BaselineSet
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster
 from pumpcast.losses import QuantileLoss
@@ -256,7 +257,7 @@ def fold_events(
     positive steps the AUPRC needs (of the steps scored)."""
     detector = PumpDetector(bundle)
     pump = detector.calibration
-    thresholds = {"model": pump.threshold, **pump.baseline_thresholds}
+    thresholds = {"model": pump.threshold, **BaselineSet.from_dict(pump.baselines).thresholds}
     out: dict[str, list[dict[str, Any]]] = {}
     for name, items in event_scores(detector, score_ranges(bundle, store, test)).items():
         out[name] = []

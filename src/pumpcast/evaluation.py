@@ -19,10 +19,11 @@ import numpy as np
 from pumpcast.baselines import DRIFT_STEPS
 from pumpcast.config import TestConfig
 from pumpcast.detection import PumpDetector, event_scores, score_ranges
+from pumpcast.detectors import BaselineSet
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster, origin_windows
 from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
-from pumpcast.pumps import event_metrics, pump_events
+from pumpcast.pumps import event_metrics, is_real, pump_events
 from pumpcast.schema import PRICE, DataError, ModelFileError, TokenSeries
 from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager
@@ -170,7 +171,7 @@ def rolling_origins(
 
 
 def _group(source: str) -> str:
-    return "synthetic" if source.startswith("synthetic") else "real"
+    return "real" if is_real(source) else "synthetic"
 
 
 def evaluate_store(
@@ -194,7 +195,7 @@ def evaluate_store(
     detector = PumpDetector(forecaster.bundle)
     pump = detector.calibration
     K = pump.horizon
-    thresholds = {"model": pump.threshold, **pump.baseline_thresholds}
+    thresholds = {"model": pump.threshold, **BaselineSet.from_dict(pump.baselines).thresholds}
     report: dict[str, Any] = {
         "note": "research tool, not financial advice",
         "split_strategy": split.strategy,

@@ -17,6 +17,7 @@ import pandas as pd
 
 from pumpcast.schema import (
     BUYS,
+    EXTRA_FEATURES,
     FEATURES,
     LIQUIDITY,
     MARKET_CAP,
@@ -437,11 +438,41 @@ def trades_to_bars(
                 )
             feats[:, BUYS] = np.bincount(idx, weights=is_buy.astype(float), minlength=n)
             feats[:, SELLS] = np.bincount(idx, weights=is_sell.astype(float), minlength=n)
+        extras = _taker_extras(idx, ts, is_buy, quote, n) if "side" in cols else None
         _fill_pool_features(feats, rows, cols, idx, path)
         token_key = key if (key and len(groups) == 1) else _token_key(address, sym, int(bar_ts[0]))
         out.append(
-            TokenSeries(token_key, sym, f"trades:{path.name}", interval_ms, bar_ts, feats, quote_asset=quote_asset(sym))
+            TokenSeries(
+                token_key,
+                sym,
+                f"trades:{path.name}",
+                interval_ms,
+                bar_ts,
+                feats,
+                quote_asset=quote_asset(sym),
+                extras=extras,
+            )
         )
+    return out
+
+
+def _taker_extras(idx: np.ndarray, ts: np.ndarray, is_buy: np.ndarray, quote: np.ndarray, n: int) -> np.ndarray:
+    """The EXTRA_FEATURES of each bar from trades in time order with taker sides: buy and sell quote volume,
+    taker orders per side (a run of same-side trades in one millisecond is one order) and rush orders (buy
+    orders of two or more trades). Order counts stay NaN when the times have whole seconds only: trades of one
+    second cannot be told apart into orders."""
+    out = np.zeros((n, len(EXTRA_FEATURES)))
+    out[:, 0] = np.bincount(idx, weights=np.where(is_buy, quote, 0.0), minlength=n)
+    out[:, 1] = np.bincount(idx, weights=np.where(is_buy, 0.0, quote), minlength=n)
+    new_order = np.r_[True, (ts[1:] != ts[:-1]) | (is_buy[1:] != is_buy[:-1])]
+    starts = np.flatnonzero(new_order)
+    fills = np.diff(np.r_[starts, ts.size])
+    buy, at = is_buy[starts], idx[starts]
+    out[:, 2] = np.bincount(at, weights=buy.astype(float), minlength=n)
+    out[:, 3] = np.bincount(at, weights=(~buy).astype(float), minlength=n)
+    out[:, 4] = np.bincount(at, weights=(buy & (fills >= 2)).astype(float), minlength=n)
+    if ts.size and not (ts % 1000).any():
+        out[:, 2:] = np.nan
     return out
 
 

@@ -74,7 +74,10 @@ class PumpcastTransformer(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, forecast: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """forecast=False skips the forecast head (None in its place): pump scoring needs only the pump logits."""
         c = self.config
         m = mask.to(x.dtype)
         h = torch.cat([x * m, m], dim=-1)  # (B, L, 2F): absent values are masked, never read
@@ -88,6 +91,7 @@ class PumpcastTransformer(nn.Module):
         h = h + self.pos[: h.shape[1]]
         h = self.norm(self.encoder(h))  # (B, n_tokens, E)
         summary = torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)  # (B, 2E): latest patch + whole window
-        forecast = self.head(summary).view(-1, c.horizon, c.n_features, self.outputs_per_value)  # (B, H, F, K)
         pump_logits = self.pump(torch.cat([summary, recent], dim=-1)) if self.pump is not None else None  # (B, 3)
-        return forecast, pump_logits
+        if not forecast:
+            return None, pump_logits
+        return self.head(summary).view(-1, c.horizon, c.n_features, self.outputs_per_value), pump_logits  # (B,H,F,K)

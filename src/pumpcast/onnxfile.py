@@ -82,7 +82,10 @@ class OnnxNetwork:
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, x: torch.Tensor, mask: torch.Tensor, forecast: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The graph computes both outputs whatever `forecast` says (it is there to match the torch network)."""
         out = self.session.run(None, {"x": x.cpu().numpy().astype(np.float32), "mask": mask.cpu().numpy()})
         pump = torch.from_numpy(out[1]) if len(out) > 1 else None
         return torch.from_numpy(out[0]), pump

@@ -17,15 +17,26 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from pumpcast.schema import BUYS, VOLUME, Event, ModelFileError
+from pumpcast.schema import Event, ModelFileError, TokenSeries
 
 PUMP = "pump_and_dump"
 REAL_PEAK_STEPS = 5  # real pumps peak within about 1-5 minutes of the announcement
 #: The three pump outputs: a pump starts within K steps, one is under way, either of the two.
 PUMP_TARGETS = ("soon", "now", "any")
 DETECT_AFTER = 2  # an alarm up to this many steps after the start still detects the event
+
+
+def is_real(source: str) -> bool:
+    """Whether a token's source is real market data (anything the simulator did not write)."""
+    return not source.startswith("synthetic")
+
+
+def judged_kind(tokens: Sequence[TokenSeries]) -> list[TokenSeries]:
+    """The tokens alarm thresholds are chosen on: the real ones with events when there are any (a threshold
+    must suit the kind of data it will judge, and real markets are not synthetic ones), else all."""
+    real = [t for t in tokens if is_real(t.source) and pump_events(t.events)]
+    return real or list(tokens)
 
 
 def pump_events(events: Sequence[Event]) -> list[Event]:
@@ -41,37 +52,6 @@ def pump_labels(n_steps: int, events: Sequence[Event], horizon: int) -> np.ndarr
         peak = e.peak if e.peak >= e.start else e.start + REAL_PEAK_STEPS - 1
         now[max(0, e.start) : min(n_steps, peak + 1)] = True
     return np.stack([soon, now, soon | now], axis=1).astype(np.float32)
-
-
-def rolling_zscore(x: np.ndarray, window: int = 60, min_std: float = 0.5) -> np.ndarray:
-    """z-score of each step against the previous `window` steps (past only; NaN until enough history).
-
-    The standard deviation is floored at min_std: thin markets sit flat for an hour, and one ordinary trade
-    after a flat hour must not score as an infinite surprise.
-    """
-    s = pd.Series(x, dtype="float64")
-    past = s.shift(1).rolling(window, min_periods=max(2, window // 2))
-    return ((s - past.mean()) / np.maximum(past.std(), min_std)).to_numpy(dtype=np.float64, copy=True)
-
-
-#: Bars over which volume_z finds a token's typical active-bar volume (a day of 1-minute bars).
-VOLUME_SCALE_BARS = 1440
-
-
-def volume_z(features: np.ndarray) -> np.ndarray:
-    """Baseline score: rolling z-score of log volume, in units of the median active bar of the previous
-    VOLUME_SCALE_BARS bars (past only: appending bars never changes an earlier score)."""
-    v = pd.Series(np.nan_to_num(features[:, VOLUME]))
-    scale = v.where(v > 0).shift(1).rolling(VOLUME_SCALE_BARS, min_periods=1).median()
-    return rolling_zscore(np.log1p(v / scale.fillna(1.0)).to_numpy())
-
-
-def buys_z(features: np.ndarray) -> np.ndarray:
-    """Baseline score: rolling z-score of the buy count."""
-    return rolling_zscore(np.log1p(np.nan_to_num(features[:, BUYS])))
-
-
-BASELINES = {"volume_z": volume_z, "buys_z": buys_z}
 
 
 def alarm_onsets(alarmed: np.ndarray) -> np.ndarray:
@@ -157,10 +137,30 @@ def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarm
     if values.size == 0:
         return float("inf")
     candidates = np.unique(np.quantile(values, np.linspace(0.5, 1.0, 401)))
-    for th in candidates:  # ascending: the first within budget is the lowest
-        if event_metrics(items, th, horizon, auprc=False)["false_alarms_per_day"] <= max_false_alarms_per_day:
-            return float(th)
-    return float(np.nextafter(values.max(), np.inf))
+    within = np.flatnonzero(false_alarms_per_day(items, horizon, candidates) <= max_false_alarms_per_day)
+    return float(candidates[within[0]]) if within.size else float(np.nextafter(values.max(), np.inf))
+
+
+def false_alarms_per_day(items: Sequence[TokenScores], horizon: int, thresholds: np.ndarray) -> np.ndarray:
+    """event_metrics' false alarms per day at each of many thresholds in one pass: an alarm begins at step t
+    for every threshold in (score[t - 1], score[t]], so the onsets outside the event spans are counted by
+    sorting those bounds once."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    count = np.zeros(thresholds.size)
+    days = 0.0
+    for it in items:
+        s = np.where(np.isfinite(it.scores), it.scores, -np.inf)
+        days += np.isfinite(it.scores).sum() / it.steps_per_day
+        outside = np.ones(s.size, dtype=bool)
+        for e in pump_events(it.events):
+            lo, _, hi = _windows(e, horizon)
+            outside[max(0, lo) : max(0, hi + 1)] = False
+        top = np.sort(s[outside])
+        bottom = np.sort(np.minimum(s, np.r_[-np.inf, s[:-1]])[outside])
+        count += (top.size - np.searchsorted(top, thresholds, "left")) - (
+            bottom.size - np.searchsorted(bottom, thresholds, "left")
+        )
+    return count / days if days else np.full(thresholds.size, np.nan)
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, float]:
@@ -195,18 +195,28 @@ def calibrated(logits: np.ndarray, calibration: Sequence[Sequence[float]]) -> np
     return 1.0 / (1.0 + np.exp(-(np.asarray(logits) * ab[:, 0] + ab[:, 1])))
 
 
+def _legacy_baselines(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Model files before tuned baselines kept only the thresholds of volume_z and buys_z, which were z-scores
+    over 60 bars with the standard deviation floored at 0.5."""
+    return {
+        str(name): {"kind": "ZScoreDetector", "signal": str(name), "window": 60, "floor": 0.5, "threshold": float(th)}
+        for name, th in d.get("baseline_thresholds", {}).items()
+    }
+
+
 @dataclass
 class PumpCalibration:
     """Everything chosen on validation data for a model's pump head, stored in its model file: Platt (a, b)
     per pump output, which output raises alarms ("any" or "now"), the alarm threshold for the false-alarm
-    budget, the baselines' thresholds for the same budget, and the validation metrics behind the choice."""
+    budget, the tuned baselines with their thresholds for the same budget (`detectors.BaselineSet.to_dict`) and
+    the validation metrics behind the choice."""
 
     horizon: int
     calibration: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0]] * len(PUMP_TARGETS))
     threshold: float = float("inf")
     max_false_alarms_per_day: float = 1.0
     alarm_output: str = "any"
-    baseline_thresholds: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     val_metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -226,7 +236,7 @@ class PumpCalibration:
                 threshold=float(d["threshold"]),
                 max_false_alarms_per_day=float(d["max_false_alarms_per_day"]),
                 alarm_output=str(d.get("alarm_output", "any")),
-                baseline_thresholds={str(k): float(v) for k, v in d.get("baseline_thresholds", {}).items()},
+                baselines=dict(d["baselines"]) if "baselines" in d else _legacy_baselines(d),
                 val_metrics=dict(d.get("val_metrics", {})),
                 note=str(d.get("note", "")),
             )

@@ -10,6 +10,13 @@ import numpy as np
 FEATURES: tuple[str, ...] = ("price", "volume", "liquidity", "buys", "sells", "market_cap")
 PRICE, VOLUME, LIQUIDITY, BUYS, SELLS, MARKET_CAP = range(6)
 
+#: Optional extra per-bar features that a trade list with taker sides gives (NaN where the source cannot tell;
+#: stored beside the six with their own mask): taker buy and sell quote volume, distinct taker orders per side
+#: (trades of one side in the same millisecond are one order: a taker order that sweeps several makers is
+#: reported as several trades with one time) and rush orders (taker buy orders filled in two or more trades
+#: within that millisecond; La Morgia et al., 2020).
+EXTRA_FEATURES: tuple[str, ...] = ("buy_volume", "sell_volume", "buy_orders", "sell_orders", "rush_orders")
+
 #: Version of the on-disk store layout; a store written by a newer version is refused, not misread.
 SCHEMA_VERSION = 1
 
@@ -95,6 +102,13 @@ class TokenSeries:
     events_known: bool = True  # False when nobody told us the token's events: no pump labels, not "no pumps"
     volume_unit: str = "quote"  # "quote": volume in the quote asset (trades, pools); "base": in the token itself
     quote_asset: str = ""  # what prices and quote volume are in (BTC for ATM/BTC), "" when unknown
+    extras: np.ndarray | None = None  # (T, len(EXTRA_FEATURES)) float64, NaN where absent; None: none known
+
+    def extra(self, name: str) -> np.ndarray:
+        """One extra feature (T,), all NaN when the source did not give it."""
+        if self.extras is None:
+            return np.full(len(self.timestamps), np.nan)
+        return self.extras[:, EXTRA_FEATURES.index(name)]
 
     def to_pandas(self):
         """The bars as a DataFrame: `time` (UTC, each bar's start) and the six features (NaN where absent), as

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pumpcast.config import SPLIT_STRATEGIES, DataConfig
+from pumpcast.pumps import is_real
 from pumpcast.schema import ConfigError, DataError
 from pumpcast.store import TokenDataManager
 
@@ -123,8 +124,12 @@ def load_split_file(path: str | Path, lengths: dict[int, int]) -> Split:
 
 
 def tokens_with_events(store: TokenDataManager) -> set[int]:
-    """Ids of the store's tokens that carry events: validation takes them first (calibration needs events)."""
-    return {int(t) for t, m in store.metadata()["tokens"].items() if m.get("events", 0)}
+    """Ids of the tokens validation takes first: those that carry events (calibration needs events), and of
+    them only the real ones when the store has any (thresholds are chosen on the kind of data they judge)."""
+    tokens = store.metadata()["tokens"]
+    with_events = {int(t) for t, m in tokens.items() if m.get("events", 0)}
+    real = {t for t in with_events if is_real(str(tokens[str(t)].get("source", "")))}
+    return real or with_events
 
 
 def resolve_split(store: TokenDataManager, data: DataConfig, reuse: str = "no") -> Split:

@@ -35,6 +35,7 @@ import pandas as pd
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.schema import (
     EVENT_DTYPE,
+    EXTRA_FEATURES,
     FEATURES,
     SCHEMA_VERSION,
     DataError,
@@ -300,6 +301,9 @@ class TokenDataManager:
         if feats.ndim != 2 or feats.shape[1] != len(FEATURES) or feats.shape[0] < 1:
             raise DataError(f"token {tok.key}: features must have shape (T, {len(FEATURES)}), got {feats.shape}")
         chunk = (min(CHUNK_ROWS, feats.shape[0]), len(FEATURES))
+        extras = None if tok.extras is None else np.asarray(tok.extras, dtype=np.float64)
+        if extras is not None and extras.shape != (feats.shape[0], len(EXTRA_FEATURES)):
+            raise DataError(f"token {tok.key}: extras must have shape (T, {len(EXTRA_FEATURES)}), got {extras.shape}")
 
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
@@ -326,6 +330,10 @@ class TokenDataManager:
                     shuffle=True,
                 )
                 f.create_dataset("events", data=events_to_array(tok.events), dtype=EVENT_DTYPE)
+                if extras is not None:
+                    f.create_dataset("extras", data=extras, chunks=(chunk[0], extras.shape[1]), compression="gzip")
+                    f.create_dataset("extras_mask", data=np.isfinite(extras), compression="gzip")
+                    f.attrs["extra_names"] = json.dumps(list(EXTRA_FEATURES))
                 f.attrs["schema_version"] = SCHEMA_VERSION
                 f.attrs["feature_names"] = json.dumps(list(FEATURES))
                 f.attrs["interval_ms"] = int(tok.interval_ms)
@@ -385,6 +393,7 @@ class TokenDataManager:
                     raise DataError(f"{path}: features/mask have shapes {feats.shape}/{mask.shape}; re-ingest it")
                 if stamps.shape != (feats.shape[0],):
                     raise DataError(f"{path}: {stamps.shape[0]} timestamps for {feats.shape[0]} steps; re-ingest it")
+                extras = self._read_extras(f, path, feats.shape[0])
                 tok = TokenSeries(
                     key=str(f.attrs["key"]),
                     symbol=str(f.attrs["symbol"]),
@@ -397,6 +406,7 @@ class TokenDataManager:
                     events_known=bool(f.attrs.get("events_known", True)),
                     volume_unit=str(f.attrs.get("volume_unit", "quote")),
                     quote_asset=str(f.attrs.get("quote_asset", "")),
+                    extras=extras,
                 )
                 return tok, str(f.attrs.get("txid", ""))
         except PumpcastError:
@@ -405,6 +415,22 @@ class TokenDataManager:
             raise DataError(
                 f"{path}: corrupt or truncated HDF5 file ({type(exc).__name__}: {exc}); re-ingest or regenerate it"
             ) from exc
+
+    @staticmethod
+    def _read_extras(f: h5py.File, path: Path, steps: int) -> np.ndarray | None:
+        """The optional extra features in EXTRA_FEATURES order (NaN where masked or not stored); None if the file
+        has none. Extras this version does not know are ignored; known ones it lacks are NaN."""
+        if "extras" not in f:
+            return None
+        names = json.loads(f.attrs["extra_names"])
+        values, mask = np.asarray(f["extras"][()], dtype=np.float64), np.asarray(f["extras_mask"][()], dtype=bool)
+        if values.shape != (steps, len(names)) or mask.shape != values.shape:
+            raise DataError(f"{path}: extras have shape {values.shape} for {steps} steps and {names}; re-ingest it")
+        out = np.full((steps, len(EXTRA_FEATURES)), np.nan)
+        for i, name in enumerate(names):
+            if name in EXTRA_FEATURES:
+                out[:, EXTRA_FEATURES.index(name)] = np.where(mask[:, i], values[:, i], np.nan)
+        return out
 
     def read_features(self, token_id: int) -> np.ndarray:
         """Raw features (T, 6) of one token, NaN where absent."""

@@ -595,7 +595,11 @@ def calibrate(
     """The bundle with what is chosen on validation data only: the pump calibration (with a pump head), the
     forecast calibration (a quantile model with seq_len >= baselines.WARMUP and > horizon + 1; its ridge fits
     train_ranges) and the rollout damping."""
-    pump = calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day) if bundle.config.pump_head else None
+    pump = (
+        calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day, train_ranges)
+        if bundle.config.pump_head
+        else None
+    )
     bundle = replace(bundle, pump=pump)
     forecaster = Forecaster(bundle)
     L, H = bundle.config.seq_len, bundle.config.horizon
