@@ -272,7 +272,7 @@ def fold_events(
                     "detected": round(m["recall"] * m["events"]) if m["events"] else 0,
                     "early": round(m["early_warning_rate"] * m["events"]) if m["events"] else 0,
                     "delay": m["median_delay_steps"] if np.isfinite(m["median_delay_steps"]) else None,
-                    "false_alarms": round(m["false_alarms_per_day"] * m["days"]),
+                    "false_alarms": round(np.nan_to_num(m["false_alarms_per_day"]) * m["days"]),  # no day scored: 0
                     "days": m["days"],
                     "threshold": thresholds[name],
                     "scores": it.scores[valid].round(6).tolist(),

@@ -274,6 +274,13 @@ def _timestamps_ms(series: pd.Series, path: Path, column: str) -> np.ndarray:
     return ms.astype(np.int64)
 
 
+def trade_times(df: pd.DataFrame, name: str = "<DataFrame>", columns: dict[str, str] | None = None) -> np.ndarray:
+    """Unix ms of each row of a trade list, read as trades_to_bars reads them (`live` splits rows into bars)."""
+    path = Path(name)
+    cols = _resolve(df, path, TRADE_COLUMNS, columns or {}, required=("timestamp", "price"))
+    return _timestamps_ms(df[cols["timestamp"]], path, cols["timestamp"])
+
+
 def _positive(series: pd.Series, path: Path, column: str, what: str) -> np.ndarray:
     """Numeric, finite, > 0 values, or a one-line error naming the first bad row."""
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")

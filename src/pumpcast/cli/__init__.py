@@ -247,9 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("detect", "walk through a history bar by bar and print each pump alarm", commands.detect)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file with a pump head")
-    p.add_argument("--input", required=True, help="history CSV (as `pumpcast export` writes it)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="history CSV (as `pumpcast export` writes it)")
+    source.add_argument(
+        "--follow",
+        metavar="FILE",
+        help="watch a growing CSV of trades or bars (- for standard input) and print each alarm as its bar closes",
+    )
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="with --follow FILE: stop after this long without a new line (default: follow for ever)",
+    )
     p.add_argument("--threshold", type=probability, help="alarm threshold (default: the one chosen on validation)")
-    p.add_argument("--output", help="also write every step's probability and alarms to this CSV")
+    p.add_argument("--output", help="with --input: also write every step's probability and alarms to this CSV")
 
     p = command("export-model", "write a model's network in another format (ONNX) for serving", commands.export_model)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file (.pth)")

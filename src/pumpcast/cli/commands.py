@@ -252,6 +252,10 @@ def detect(args: argparse.Namespace) -> None:
     from pumpcast.ingest import read_table
 
     detector = PumpDetector.load(args.load_model, args.threshold)
+    if args.follow:
+        if args.output:
+            raise ConfigError("--output goes with --input; with --follow, redirect the printed alarms", "output")
+        return _follow(detector, args.follow, args.idle_exit)
     features, times = history_array(read_table(args.input), name=str(args.input))
     if features.shape[0] < detector.seq_len:
         raise DataError(
@@ -263,7 +267,7 @@ def detect(args: argparse.Namespace) -> None:
     interval = pd.Timedelta(milliseconds=detector.bundle.data.interval_ms)
     label = (lambda i: (times.iloc[i] + interval).strftime("%Y-%m-%dT%H:%M:%SZ")) if times is not None else str
     for i in onsets:
-        print(f"ALARM {label(i)} step {i} pump_probability {p[i]:.3f}")
+        print(_alarm_line(label(i), i, p[i], detector.threshold))
     print(
         f"{len(onsets)} alarm(s) over {int(np.isfinite(p).sum())} steps at threshold {detector.threshold:.4g} "
         "(research tool, not financial advice)"
@@ -275,6 +279,28 @@ def detect(args: argparse.Namespace) -> None:
             frame.insert(0, "bar_close", (times + interval).dt.strftime("%Y-%m-%dT%H:%M:%SZ").to_numpy())
             frame.insert(0, "time", times.dt.strftime("%Y-%m-%dT%H:%M:%SZ").to_numpy())
         atomic_write(Path(args.output), lambda tmp: frame.to_csv(tmp, index=False), suffix=".csv")
+
+
+def _alarm_line(close: str, step: int, probability: float, threshold: float) -> str:
+    return f"ALARM {close} step {step} pump_probability {probability:.3f} threshold {threshold:.4g}"
+
+
+def _follow(detector, source: str, idle_exit: float | None) -> None:
+    """detect --follow: score bars as they close and print each alarm at once."""
+    from pumpcast.live import detect_live, follow_lines
+    from pumpcast.timeutil import iso
+
+    bars = alarms = 0
+    for r in detect_live(detector, follow_lines(source, idle_exit_s=idle_exit), name=source):
+        if r.detection.alarm:
+            close = iso(r.close_ms).replace("+00:00", "Z")
+            print(_alarm_line(close, bars, r.detection.probability, detector.threshold), flush=True)
+            alarms += 1
+        bars += 1
+    print(
+        f"{alarms} alarm(s) over {bars} closed bar(s) at threshold {detector.threshold:.4g} "
+        "(research tool, not financial advice)"
+    )
 
 
 def export_model(args: argparse.Namespace) -> None:
