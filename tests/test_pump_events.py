@@ -60,6 +60,7 @@ def test_model_file_carries_validation_calibration_and_thresholds(trained):
     # synthetic tokens: no buy quote volume, so no buy_volume_z; the logistic regression fitted on training tokens
     assert set(baselines.thresholds) == {"volume_z", "buys_z", "buy_share_z", "logistic"}
     assert all(np.isfinite(th) for th in baselines.thresholds.values())
+    assert pump.ensemble["baseline"] in baselines.detectors and np.isfinite(pump.ensemble["threshold"])
     assert pump.val_metrics["events"] > 0  # the validation tokens hold pumps
     assert pump.val_metrics["false_alarms_per_day"] <= 1.0
 
@@ -182,7 +183,10 @@ def test_evaluate_writes_the_report(trained, tmp_path):
     pump = load_model_file(trained / "m.pth").pump
     assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
     overall = report["events"]["overall"]
-    assert set(overall) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic"} and overall["model"]["events"] > 0
+    assert (
+        set(overall) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+        and overall["model"]["events"] > 0
+    )
     assert set(report["forecast"]["1-10"]) >= {"mae_log", "mae_log_persistence", "mae_log_drift"}
     text = (out / "report.md").read_text()
     assert "| model |" in text and "| volume_z |" in text and "persistence" in text
@@ -237,3 +241,30 @@ def test_onnx_export_matches_torch(trained, tmp_path, capsys):
     (tmp_path / "x.onnx").write_text("not onnx")
     assert main([*args, "--load-model", str(tmp_path / "x.onnx")]) == 2
     assert "not an ONNX file written by pumpcast" in capsys.readouterr().err
+
+
+def test_thresholds_are_chosen_on_real_tokens_when_the_store_has_them(binance_dir, tmp_path):
+    """A store that mixes synthetic and real tokens: validation takes the real tokens with events first, and
+    the baselines are tuned, fitted and thresholded on the real tokens only (they will judge real markets)."""
+    from pumpcast.detectors import fit_baselines
+    from pumpcast.ingest import ingest_files
+    from pumpcast.simulator import generate, to_series
+    from pumpcast.splits import tokens_with_events
+
+    store = TokenDataManager(tmp_path)
+    synthetic = store.write([to_series(t, seed=0) for t in generate(3, 3000, seed=0)])
+    files = sorted(binance_dir.glob("*.csv.gz"))[:4]
+    real = ingest_files("trades", files, tmp_path, events=binance_dir / "events.csv")
+    assert tokens_with_events(store) == set(real)
+    tokens = [store.read(t) for t in synthetic + real]
+    full = {t.token_id: (0, len(t.timestamps)) for t in tokens}
+    train = {t: full[t] for t in synthetic[:2] + real[:2]}
+    val = {t: full[t] for t in synthetic[2:] + real[2:]}
+    mixed = fit_baselines(tokens, train, val, 10, 1.0)
+    real_only = fit_baselines(tokens[3:], {t: full[t] for t in real[:2]}, {t: full[t] for t in real[2:]}, 10, 1.0)
+    assert set(mixed.detectors) >= {"volume_z", "buys_z", "buy_volume_z", "logistic"}
+    assert mixed.to_dict() == real_only.to_dict()
+    synthetic_only = fit_baselines(
+        tokens[:3], {t: full[t] for t in synthetic[:2]}, {synthetic[2]: full[synthetic[2]]}, 10, 1.0
+    )
+    assert synthetic_only.thresholds != real_only.thresholds

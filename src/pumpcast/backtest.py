@@ -257,7 +257,11 @@ def fold_events(
     positive steps the AUPRC needs (of the steps scored)."""
     detector = PumpDetector(bundle)
     pump = detector.calibration
-    thresholds = {"model": pump.threshold, **BaselineSet.from_dict(pump.baselines).thresholds}
+    thresholds = {
+        "model": pump.threshold,
+        **BaselineSet.from_dict(pump.baselines).thresholds,
+        **({"ensemble": pump.ensemble["threshold"]} if pump.ensemble else {}),
+    }
     out: dict[str, list[dict[str, Any]]] = {}
     for name, items in event_scores(detector, score_ranges(bundle, store, test)).items():
         out[name] = []

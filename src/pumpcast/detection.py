@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pumpcast.detectors import BaselineSet, fit_baselines
+from pumpcast.detectors import BaselineSet, Ensemble, fit_baselines
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
 from pumpcast.pumps import (
@@ -31,6 +31,7 @@ from pumpcast.pumps import (
     PumpCalibration,
     TokenScores,
     alarm_onsets,
+    average_precision,
     calibrated,
     choose_threshold,
     event_metrics,
@@ -214,8 +215,11 @@ def score_ranges(
 
 
 def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str, list[TokenScores]]:
-    """Per-step scores for the event metrics: the model's calibrated alarm probability and each baseline."""
+    """Per-step scores for the event metrics: the model's calibrated alarm probability, each baseline and, when
+    the model file has one, the ensemble of the model with its best baseline."""
     out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in scored[0].baselines}} if scored else {}
+    spec = detector.calibration.ensemble
+    ensemble = Ensemble.from_dict(spec) if spec else None
     for r in scored:
         tok = r.token
         out["model"].append(
@@ -223,6 +227,11 @@ def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str,
         )
         for name, s in r.baselines.items():
             out[name].append(TokenScores(tok.token_id, s, tok.events, r.steps_per_day, tok.source))
+        if ensemble is not None and ensemble.baseline in r.baselines:
+            both = ensemble.score(out["model"][-1].scores, r.baselines[ensemble.baseline])
+            out.setdefault("ensemble", []).append(
+                TokenScores(tok.token_id, both, tok.events, r.steps_per_day, tok.source)
+            )
     return out
 
 
@@ -272,6 +281,8 @@ def calibrate(
     )
     tokens = [store.read(t) for t in sorted({*train_ranges, *val_ranges})]
     baselines = fit_baselines(tokens, train_ranges, val_ranges, K, max_false_alarms_per_day)
+    probability = PumpCalibration(K, platt, alarm_output=alarm_output).probability
+    ensemble = fit_ensemble(scored, probability, baselines, K, max_false_alarms_per_day)
     log.info(
         "pump alarms on %r at probability >= %.4g (validation: %d event(s), recall %.2f, %.2f false alarms/day; "
         "budget %g)",
@@ -289,5 +300,33 @@ def calibrate(
         max_false_alarms_per_day=max_false_alarms_per_day,
         alarm_output=alarm_output,
         baselines=baselines.to_dict(),
+        ensemble=ensemble,
         val_metrics=val_metrics,
     )
+
+
+def fit_ensemble(
+    scored: list[RangeScores], probability, baselines: BaselineSet, horizon: int, max_false_alarms_per_day: float
+) -> dict[str, Any]:
+    """The model with the baseline of the highest validation AUPRC (detectors.Ensemble) and its threshold for the
+    budget, all on the validation tokens; {} without a baseline or a validation event."""
+    model = [probability(r.logits) for r in scored]
+    labels = np.concatenate(
+        [pump_labels(len(p), r.token.events, horizon)[:, 2] for p, r in zip(model, scored, strict=True)]
+    )
+    best: tuple[float, str, list[np.ndarray]] | None = None
+    for name, det in baselines.detectors.items():
+        base = [np.where(np.isfinite(p), det.score(r.token), np.nan) for p, r in zip(model, scored, strict=True)]
+        ap = average_precision(labels, np.concatenate(base))
+        if np.isfinite(ap) and (best is None or ap > best[0]):
+            best = (ap, name, base)
+    if best is None:
+        return {}
+    _, name, base = best
+    both = np.isfinite(np.concatenate(model)) & np.isfinite(np.concatenate(base))
+    ens = Ensemble.fit(name, np.concatenate(model)[both], np.concatenate(base)[both])
+    items = [
+        TokenScores(r.token.token_id, ens.score(p, b), r.token.events, r.steps_per_day)
+        for p, b, r in zip(model, base, scored, strict=True)
+    ]
+    return {**asdict(ens), "threshold": choose_threshold(items, horizon, max_false_alarms_per_day)}

@@ -136,6 +136,44 @@ class LogisticDetector:
 
 
 Detector = ZScoreDetector | LogisticDetector
+#: Exceedance probabilities at which a score's validation distribution is kept for the ensemble (1 to 1e-5).
+TAIL_PROBS = np.logspace(0.0, -5.0, 101)
+
+
+def surprise(x: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """-log10 of how often validation scores reached x (levels: the scores at TAIL_PROBS, ascending); NaN stays
+    NaN. Puts scores of any scale on one scale of rarity."""
+    return -np.log10(np.interp(x, np.asarray(levels), TAIL_PROBS))
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The model and one baseline together: the sum of their surprises, so a bar both find rare outranks a bar
+    only one of them does. Each score's scale comes from the validation tokens."""
+
+    baseline: str
+    model_levels: tuple[float, ...]
+    baseline_levels: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, baseline: str, model: np.ndarray, base: np.ndarray) -> Ensemble:
+        """From validation scores of the model and the baseline (finite values only)."""
+        q = 1.0 - TAIL_PROBS
+        return cls(baseline, tuple(np.quantile(model, q)), tuple(np.quantile(base, q)))
+
+    def score(self, model: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return surprise(model, self.model_levels) + surprise(base, self.baseline_levels)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model file") -> Ensemble:
+        try:
+            return cls(
+                str(d["baseline"]), tuple(map(float, d["model_levels"])), tuple(map(float, d["baseline_levels"]))
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{where}: damaged ensemble ({type(exc).__name__}: {exc})") from exc
+
+
 C_GRID = (0.01, 0.1, 1.0)
 
 

@@ -195,7 +195,11 @@ def evaluate_store(
     detector = PumpDetector(forecaster.bundle)
     pump = detector.calibration
     K = pump.horizon
-    thresholds = {"model": pump.threshold, **BaselineSet.from_dict(pump.baselines).thresholds}
+    thresholds = {
+        "model": pump.threshold,
+        **BaselineSet.from_dict(pump.baselines).thresholds,
+        **({"ensemble": pump.ensemble["threshold"]} if pump.ensemble else {}),
+    }
     report: dict[str, Any] = {
         "note": "research tool, not financial advice",
         "split_strategy": split.strategy,

@@ -208,8 +208,9 @@ def _legacy_baselines(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 class PumpCalibration:
     """Everything chosen on validation data for a model's pump head, stored in its model file: Platt (a, b)
     per pump output, which output raises alarms ("any" or "now"), the alarm threshold for the false-alarm
-    budget, the tuned baselines with their thresholds for the same budget (`detectors.BaselineSet.to_dict`) and
-    the validation metrics behind the choice."""
+    budget, the tuned baselines with their thresholds for the same budget (`detectors.BaselineSet.to_dict`), the
+    ensemble of the model and its best baseline with its threshold, and the validation metrics behind the
+    choices."""
 
     horizon: int
     calibration: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0]] * len(PUMP_TARGETS))
@@ -217,6 +218,7 @@ class PumpCalibration:
     max_false_alarms_per_day: float = 1.0
     alarm_output: str = "any"
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ensemble: dict[str, Any] = field(default_factory=dict)  # detectors.Ensemble fields and its threshold
     val_metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -237,6 +239,7 @@ class PumpCalibration:
                 max_false_alarms_per_day=float(d["max_false_alarms_per_day"]),
                 alarm_output=str(d.get("alarm_output", "any")),
                 baselines=dict(d["baselines"]) if "baselines" in d else _legacy_baselines(d),
+                ensemble=dict(d.get("ensemble", {})),
                 val_metrics=dict(d.get("val_metrics", {})),
                 note=str(d.get("note", "")),
             )

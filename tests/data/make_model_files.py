@@ -56,7 +56,10 @@ def main() -> None:
         calibration=[[1.0, -2.0], [0.5, 0.0], [1.0, -1.0]],
         threshold=0.5,
         max_false_alarms_per_day=1.0,
-        baseline_thresholds={"volume_z": 3.0, "buys_z": 3.0},
+        baselines={  # format 3's files were written with the then-only thresholds: {"volume_z": 3.0, "buys_z": 3.0}
+            name: {"kind": "ZScoreDetector", "signal": name, "window": 60, "floor": 0.5, "threshold": 3.0}
+            for name in ("volume_z", "buys_z")
+        },
     )
     bundle = ModelBundle(
         PumpcastTransformer(config).eval(),
