@@ -583,8 +583,10 @@ def backtest_markdown(report: dict[str, Any]) -> str:
     if report.get("events"):
         lines += [
             "",
-            "## Pump events (thresholds chosen on each fold's validation tokens, at most "
-            f"{report['settings']['pump']['max_false_alarms_per_day']:g} false alarm per day there)",
+            "## Pump events (thresholds chosen on each fold's validation tokens, the z-scores' windows and "
+            "thresholds on its training and validation tokens, to at most "
+            f"{report['settings']['pump']['max_false_alarms_per_day']:g} false alarm per day there; "
+            "delays in bars, negative = early)",
             "",
             "| detector | detected | early | false alarms / day | median delay (steps) | AUPRC |",
             "|---|---|---|---|---|---|",

@@ -275,9 +275,11 @@ def fit_logistic(
     if not xs or np.concatenate(ys).sum() == 0:
         return None
     x, y = np.concatenate(xs), np.concatenate(ys)
-    mean = np.nanmean(x, axis=0)
-    scale = np.nanstd(x, axis=0)
-    mean, scale = np.nan_to_num(mean), np.where(np.nan_to_num(scale) > 0, np.nan_to_num(scale), 1.0)
+    known = np.isfinite(x)
+    count = np.maximum(known.sum(axis=0), 1)  # a feature the tokens lack (rush orders of candles) stays at 0
+    mean = np.where(known, x, 0.0).sum(axis=0) / count
+    scale = np.sqrt(np.where(known, (x - mean) ** 2, 0.0).sum(axis=0) / count)
+    scale = np.where(scale > 0, scale, 1.0)
     z = np.nan_to_num((x - mean) / scale)
     vx = [np.nan_to_num((feats[t][a:b] - mean) / scale) for t, (a, b) in val.items() if t in feats]
     vy = [labels[t][a:b] for t, (a, b) in val.items() if t in feats]

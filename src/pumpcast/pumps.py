@@ -33,10 +33,10 @@ def is_real(source: str) -> bool:
 
 
 def judged_kind(tokens: Sequence[TokenSeries]) -> list[TokenSeries]:
-    """The tokens alarm thresholds are chosen on: the real ones with events when there are any (a threshold
-    must suit the kind of data it will judge, and real markets are not synthetic ones), else all."""
-    real = [t for t in tokens if is_real(t.source) and pump_events(t.events)]
-    return real or list(tokens)
+    """The tokens alarm thresholds are chosen on: the real ones when any of them has a pump (a threshold must
+    suit the kind of data it will judge, and real markets are not synthetic ones), else all."""
+    real = [t for t in tokens if is_real(t.source)]
+    return real if any(pump_events(t.events) for t in real) else list(tokens)
 
 
 def pump_events(events: Sequence[Event]) -> list[Event]:
