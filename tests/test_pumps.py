@@ -32,7 +32,7 @@ def test_alarm_runs_count_once():
     assert alarm_onsets(np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 1], bool)).tolist() == [1, 4, 9]
 
 
-def _item(scores, events, steps_per_day=100.0):
+def _item(scores, events, steps_per_day=1440.0):  # 1-minute bars
     return TokenScores(0, np.asarray(scores, dtype=float), events, steps_per_day)
 
 
@@ -48,8 +48,8 @@ def test_event_metrics_hand_computed():
     assert m["events"] == 2
     assert m["recall"] == 0.5 and m["early_warning_rate"] == 0.5
     assert m["median_delay_steps"] == -3
-    assert m["days"] == pytest.approx(180 / 100)
-    assert m["false_alarms_per_day"] == pytest.approx(2 / 1.8)
+    assert m["days"] == pytest.approx(180 / 1440)
+    assert m["false_alarms_per_day"] == pytest.approx(2 / (180 / 1440))
     # an alarm inside the event's span (after the detection window) is neither a detection nor a false alarm
     late = np.zeros(200)
     late[60] = 1.0
@@ -106,3 +106,18 @@ def test_rolling_zscore_uses_the_past_only():
     y = x.copy()
     y[60:] = 1000.0  # the future does not change earlier scores
     np.testing.assert_array_equal(rolling_zscore(y, 20)[:60], z[:60])
+
+
+def test_event_spans_after_a_start_are_times_not_bars():
+    """At 15-second bars an event is judged as at 1-minute bars: detected up to 2 minutes after its start
+    (8 bars, not 2), a real pump under way for 5 minutes (20 bars)."""
+    real = [Event(PUMP, 100, -1, -1, float("nan"))]
+    per_day = 86_400_000 / 15_000
+    for late, detected in ((8, 1.0), (9, 0.0)):
+        scores = np.zeros(400)
+        scores[100 + late] = 1.0
+        m = event_metrics([_item(scores, real, steps_per_day=per_day)], 0.5, horizon=5)
+        assert m["recall"] == detected and m["false_alarms_per_day"] == (0.0 if detected else 1 / (400 / per_day))
+    now = pump_labels(400, real, horizon=5, interval_ms=15_000)[:, 1]
+    assert np.flatnonzero(now).tolist() == list(range(100, 120))
+    assert pump_labels(400, real, horizon=5)[:, 1].sum() == 5  # 1-minute bars: as before

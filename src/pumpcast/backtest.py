@@ -268,7 +268,7 @@ def fold_events(
         for it in items:
             m = event_metrics([it], thresholds[name], pump.horizon, auprc=False)
             valid = np.isfinite(it.scores)
-            labels = pump_labels(len(it.scores), it.events, pump.horizon)[valid, 2]
+            labels = pump_labels(len(it.scores), it.events, pump.horizon, it.interval_ms)[valid, 2]
             out[name].append(
                 {
                     "token": it.token_id,

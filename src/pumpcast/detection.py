@@ -261,7 +261,10 @@ def calibrate(
     scored = [r for r in scored if r.token.token_id in judged]
     keep = [np.isfinite(r.logits[:, 0]) for r in scored]
     logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
-    labels = [pump_labels(len(r.token.features), r.token.events, K)[k] for r, k in zip(scored, keep, strict=True)]
+    labels = [
+        pump_labels(len(r.token.features), r.token.events, K, r.token.interval_ms)[k]
+        for r, k in zip(scored, keep, strict=True)
+    ]
     all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
     platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
     choices = []
@@ -312,7 +315,10 @@ def fit_ensemble(
     budget, all on the validation tokens; {} without a baseline or a validation event."""
     model = [probability(r.logits) for r in scored]
     labels = np.concatenate(
-        [pump_labels(len(p), r.token.events, horizon)[:, 2] for p, r in zip(model, scored, strict=True)]
+        [
+            pump_labels(len(p), r.token.events, horizon, r.token.interval_ms)[:, 2]
+            for p, r in zip(model, scored, strict=True)
+        ]
     )
     best: tuple[float, str, list[np.ndarray]] | None = None
     for name, det in baselines.detectors.items():

@@ -269,7 +269,7 @@ def fit_logistic(
     from sklearn.linear_model import LogisticRegression
 
     feats = {t.token_id: morgia_features(t) for t in tokens}
-    labels = {t.token_id: pump_labels(len(t.timestamps), t.events, horizon)[:, 2] for t in tokens}
+    labels = {t.token_id: pump_labels(len(t.timestamps), t.events, horizon, t.interval_ms)[:, 2] for t in tokens}
     xs = [feats[t][a:b] for t, (a, b) in train.items() if t in feats]
     ys = [labels[t][a:b] for t, (a, b) in train.items() if t in feats]
     if not xs or np.concatenate(ys).sum() == 0:

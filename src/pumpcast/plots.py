@@ -260,7 +260,7 @@ def plot_event(
     around: int = 120,
 ) -> Path:
     """Price, pump probability and alarms from `around` steps before to after one pump event."""
-    from pumpcast.pumps import alarm_onsets
+    from pumpcast.pumps import DETECT_AFTER_MS, alarm_onsets, steps_in
 
     lo, hi = max(0, event.start - around), min(len(tok.features), event.start + around)
     t = _x(tok, np.arange(lo, hi))
@@ -269,7 +269,8 @@ def plot_event(
     ax1.plot(t, price, color="tab:blue", lw=0.9)
     if _spans_decades(price):
         ax1.set_yscale("log")
-    window = _x(tok, np.array([event.start - horizon, event.start + 2, event.start]))
+    after = steps_in(DETECT_AFTER_MS, tok.interval_ms)
+    window = _x(tok, np.array([event.start - horizon, event.start + after, event.start]))
     ax1.axvspan(window[0], window[1], color="tab:red", alpha=0.12, label="detection window")
     ax1.axvline(window[2], color="tab:red", lw=1.0, label="pump start")
     ax1.set_ylabel(f"price ({tok.unit_label})")

@@ -1,13 +1,15 @@
 """Pump events: per-step labels from stored events, rolling z-score baselines, alarm thresholds chosen on
 validation data to a false-alarm budget, event-level metrics, and the calibration record a model file keeps.
 
-Conventions (steps are bar indices of one token):
+Conventions (steps are bar indices of one token; A = the steps in DETECT_AFTER_MS, 2 at 1-minute bars, 8 at
+15-second bars):
 - a pump "starts" at its event start (the first surge bar for synthetic pumps, the announced minute for real
-  ones) and is "under way" from its start to its peak (real events, whose peak is unknown: 5 steps);
+  ones) and is "under way" from its start to its peak (real events, whose peak is unknown: REAL_PEAK_MS);
 - an alarm is a run of consecutive steps whose score reaches the threshold, counted once, at its first step;
-- an event is detected if an alarmed step falls in [start - K, start + 2]; an early warning if one falls in
+- an event is detected if an alarmed step falls in [start - K, start + A]; an early warning if one falls in
   [start - K, start - 1]; the delay is the first such step minus the start (negative = early);
-- a false alarm is an alarm that begins outside every event's [start - K, end] (end = start + 2 at least).
+- a false alarm is an alarm that begins outside every event's [start - K, end] (end = start + A at least).
+The spans after a start are times, so that a 15-second bar series is judged as its 1-minute bars would be.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ import numpy as np
 from pumpcast.schema import Event, ModelFileError, TokenSeries
 
 PUMP = "pump_and_dump"
-REAL_PEAK_STEPS = 5  # real pumps peak within about 1-5 minutes of the announcement
+REAL_PEAK_MS = 5 * 60_000  # real pumps peak within about 1-5 minutes of the announcement
 #: The three pump outputs: a pump starts within K steps, one is under way, either of the two.
 PUMP_TARGETS = ("soon", "now", "any")
-DETECT_AFTER = 2  # an alarm up to this many steps after the start still detects the event
+DETECT_AFTER_MS = 2 * 60_000  # an alarm up to 2 minutes after the start still detects the event
+
+
+def steps_in(ms: int, interval_ms: int) -> int:
+    """Bars of interval_ms that a span of ms covers (at least 1)."""
+    return max(1, -(-int(ms) // int(interval_ms)))
 
 
 def is_real(source: str) -> bool:
@@ -43,13 +50,14 @@ def pump_events(events: Sequence[Event]) -> list[Event]:
     return [e for e in events if e.type == PUMP]
 
 
-def pump_labels(n_steps: int, events: Sequence[Event], horizon: int) -> np.ndarray:
-    """(T, 3) float32: [a pump starts within the next `horizon` steps, a pump is under way, either]."""
+def pump_labels(n_steps: int, events: Sequence[Event], horizon: int, interval_ms: int = 60_000) -> np.ndarray:
+    """(T, 3) float32: [a pump starts within the next `horizon` steps, a pump is under way, either], for bars of
+    interval_ms."""
     soon = np.zeros(n_steps, dtype=bool)
     now = np.zeros(n_steps, dtype=bool)
     for e in pump_events(events):
         soon[max(0, e.start - horizon) : max(0, e.start)] = True  # steps t with start in (t, t + horizon]
-        peak = e.peak if e.peak >= e.start else e.start + REAL_PEAK_STEPS - 1
+        peak = e.peak if e.peak >= e.start else e.start + steps_in(REAL_PEAK_MS, interval_ms) - 1
         now[max(0, e.start) : min(n_steps, peak + 1)] = True
     return np.stack([soon, now, soon | now], axis=1).astype(np.float32)
 
@@ -70,10 +78,15 @@ class TokenScores:
     steps_per_day: float
     source: str = ""
 
+    @property
+    def interval_ms(self) -> int:
+        return round(86_400_000 / self.steps_per_day)
 
-def _windows(e: Event, horizon: int) -> tuple[int, int, int]:
+
+def _windows(e: Event, horizon: int, interval_ms: int) -> tuple[int, int, int]:
     """(first step that detects, last step that detects, last step that is not a false alarm)."""
-    return e.start - horizon, e.start + DETECT_AFTER, max(e.end, e.start + DETECT_AFTER)
+    after = steps_in(DETECT_AFTER_MS, interval_ms)
+    return e.start - horizon, e.start + after, max(e.end, e.start + after)
 
 
 def event_metrics(items: Sequence[TokenScores], threshold: float, horizon: int, auprc: bool = True) -> dict[str, float]:
@@ -89,18 +102,18 @@ def event_metrics(items: Sequence[TokenScores], threshold: float, horizon: int, 
         events = [e for e in pump_events(it.events) if 0 <= e.start < len(it.scores) and valid[e.start]]
         for e in events:
             n_events += 1
-            lo, hi, _ = _windows(e, horizon)
+            lo, hi, _ = _windows(e, horizon, it.interval_ms)
             hits = np.flatnonzero(alarmed[max(0, lo) : hi + 1]) + max(0, lo)
             if hits.size:
                 detected += 1
                 delays.append(int(hits[0] - e.start))
                 early += int(hits[0] < e.start)
-        spans = [(_windows(e, horizon)[0], _windows(e, horizon)[2]) for e in pump_events(it.events)]
+        spans = [_windows(e, horizon, it.interval_ms)[::2] for e in pump_events(it.events)]
         for onset in alarm_onsets(alarmed):
             if not any(lo <= onset <= hi for lo, hi in spans):
                 false_alarms += 1
         if auprc:
-            labels.append(pump_labels(len(it.scores), it.events, horizon)[valid, 2])
+            labels.append(pump_labels(len(it.scores), it.events, horizon, it.interval_ms)[valid, 2])
             scores.append(it.scores[valid])
     y = np.concatenate(labels) if labels else np.zeros(0)
     s = np.concatenate(scores) if scores else np.zeros(0)
@@ -153,7 +166,7 @@ def false_alarms_per_day(items: Sequence[TokenScores], horizon: int, thresholds:
         days += np.isfinite(it.scores).sum() / it.steps_per_day
         outside = np.ones(s.size, dtype=bool)
         for e in pump_events(it.events):
-            lo, _, hi = _windows(e, horizon)
+            lo, _, hi = _windows(e, horizon, it.interval_ms)
             outside[max(0, lo) : max(0, hi + 1)] = False
         top = np.sort(s[outside])
         bottom = np.sort(np.minimum(s, np.r_[-np.inf, s[:-1]])[outside])

@@ -344,7 +344,11 @@ class PumpcastDataModule(pl.LightningDataModule):
             counts = {t: window_span(lengths[t], r, L, H, stride)[1] for t, r in ranges.items()}
             mine = shard_tokens(counts, world)[rank]
             tokens = {t: self.store.read(t) for t in mine}
-            labels = {t: pump_labels(len(tok.features), tok.events, K) for t, tok in tokens.items() if tok.events_known}
+            labels = {
+                t: pump_labels(len(tok.features), tok.events, K, tok.interval_ms)
+                for t, tok in tokens.items()
+                if tok.events_known
+            }
             ds = WindowDataset(
                 {t: tok.features for t, tok in tokens.items()},
                 {t: ranges[t] for t in mine},
