@@ -257,7 +257,8 @@ def calibrate(
             max_false_alarms_per_day=max_false_alarms_per_day,
             note="no validation token with known events: uncalibrated, no alarms",
         )
-    judged = {t.token_id for t in judged_kind([r.token for r in scored])}
+    read = {r.token.token_id: r.token for r in scored}
+    judged = {t.token_id for t in judged_kind(list(read.values()))}
     scored = [r for r in scored if r.token.token_id in judged]
     keep = [np.isfinite(r.logits[:, 0]) for r in scored]
     logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
@@ -282,7 +283,7 @@ def calibrate(
     train_ranges = dict(  # enough tokens to tune on, the same ones every time: those with events first
         sorted((train_ranges or {}).items(), key=lambda kv: (kv[0] not in with_events, kv[0]))[:BASELINE_TOKENS]
     )
-    tokens = [store.read(t) for t in sorted({*train_ranges, *val_ranges})]
+    tokens = [read[t] if t in read else store.read(t) for t in sorted({*train_ranges, *val_ranges})]
     baselines = fit_baselines(tokens, train_ranges, val_ranges, K, max_false_alarms_per_day)
     probability = PumpCalibration(K, platt, alarm_output=alarm_output).probability
     ensemble = fit_ensemble(scored, probability, baselines, K, max_false_alarms_per_day)

@@ -1,5 +1,6 @@
-"""Pump events: per-step labels from stored events, rolling z-score baselines, alarm thresholds chosen on
-validation data to a false-alarm budget, event-level metrics, and the calibration record a model file keeps.
+"""Pump events: per-step labels from stored events, alarm thresholds chosen on validation data to a
+false-alarm budget, event-level metrics, and the calibration record a model file keeps (the baselines it
+sets beside the model are in detectors.py).
 
 Conventions (steps are bar indices of one token; A = the steps in DETECT_AFTER_MS, 2 at 1-minute bars, 8 at
 15-second bars):
