@@ -183,7 +183,7 @@ class RangeScores:
 
     @property
     def steps_per_day(self) -> float:
-        return 86_400_000 / self.token.interval_ms
+        return self.token.steps_per_day
 
 
 def score_ranges(

@@ -229,7 +229,7 @@ class BaselineSet:
 
 def _items(tokens: Sequence[TokenSeries], ranges: Mapping[int, tuple[int, int]], score) -> list[TokenScores]:
     return [
-        TokenScores(t.token_id, _ranged(score(t), ranges[t.token_id]), t.events, 86_400_000 / t.interval_ms, t.source)
+        TokenScores(t.token_id, _ranged(score(t), ranges[t.token_id]), t.events, t.steps_per_day, t.source)
         for t in tokens
         if t.token_id in ranges
     ]

@@ -125,6 +125,11 @@ class TokenSeries:
         return self.quote_asset or "quote"
 
     @property
+    def steps_per_day(self) -> float:
+        """Bars in a day: what false alarms per day are counted in."""
+        return 86_400_000 / self.interval_ms
+
+    @property
     def mask(self) -> np.ndarray:
         """(T, 6) bool: True where a feature has a value."""
         return np.isfinite(self.features)
