@@ -32,6 +32,9 @@ from pumpcast.schema import FEATURES, ConfigError
 
 #: How a store's tokens can be split (see splits.make_split).
 SPLIT_STRATEGIES = ("time", "token", "mixed", "none")
+#: Synthetic venues: "dex", a constant-product pool whose liquidity and market cap are features; "cex", an
+#: exchange pair on a price grid with a spread and no pool (liquidity and market cap absent).
+VENUES = ("dex", "cex")
 #: The longest forecast one call makes (memory and time grow with it); longer ones are refused up front.
 MAX_FORECAST_STEPS = 100_000
 
@@ -149,6 +152,12 @@ class DataConfig(Settings):
     num_tokens: int = option(5, "synthetic tokens made when the store is empty", low=1)
     timesteps: int = option(4000, "steps per synthetic token", low=2)
     interval: str = option("1min", "bar length: of synthetic steps, or of the bars trades and candles become")
+    venue: str = option(
+        "dex",
+        "synthetic market: dex (a pool: liquidity and market cap known) or cex (an exchange pair: price grid, "
+        "spread, no pool, so liquidity and market cap absent, like real CEX files)",
+        choices=VENUES,
+    )
     split_strategy: str = option(
         "time",
         "time: every token split by time; token: whole tokens; mixed: train/val by token, test by time; none: no "

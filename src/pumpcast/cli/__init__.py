@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("generate", "simulate synthetic token markets into a store", commands.generate)
-    add_settings(p, DataConfig, "data", only=("data_dir", "num_tokens", "timesteps", "seed", "interval"))
+    add_settings(p, DataConfig, "data", only=("data_dir", "num_tokens", "timesteps", "seed", "interval", "venue"))
     p.add_argument("--allow-mixed-intervals", action="store_true", help="let bars of another length join the store")
     p.set_defaults(sections={"data": DataConfig})
 

@@ -42,9 +42,15 @@ def generate(args: argparse.Namespace) -> None:
 
     d = _config(args)["data"]
     ids = generate_to_store(
-        d.data_dir, d.num_tokens, d.timesteps, d.seed, d.interval, allow_mixed_intervals=args.allow_mixed_intervals
+        d.data_dir,
+        d.num_tokens,
+        d.timesteps,
+        d.seed,
+        d.interval,
+        allow_mixed_intervals=args.allow_mixed_intervals,
+        venue=d.venue,
     )
-    print(f"generated {len(ids)} synthetic tokens x {d.timesteps} steps into {d.data_dir}")
+    print(f"generated {len(ids)} synthetic {d.venue.upper()} tokens x {d.timesteps} steps into {d.data_dir}")
 
 
 def ingest(args: argparse.Namespace) -> None:
