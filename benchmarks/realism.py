@@ -1,67 +1,86 @@
-"""Realism table: the statistics a quant checks first, synthetic tokens vs the real Binance pump data.
+"""Realism: the statistics a quant checks first, synthetic markets against the real Binance pump events.
 
-    python benchmarks/realism.py [--num-tokens 512 --timesteps 5800] [--real ../shared/data/binance-pumps]
+    python benchmarks/realism.py [--venues cex,dex] [--num-tokens 512 --timesteps 5800 --seed 0]
+                                 [--real ../shared/data/binance-pumps]
 
-Prints a Markdown table of (10th percentile, median, 90th percentile) per statistic; the README carries it.
+For each statistic: the real 10th percentile / median / 90th percentile over the real files (calm statistics)
+or pumps (pump statistics), and per venue the synthetic median over tokens or pumps, marked "in" when it lies
+inside the real band; then "N of M inside" per venue. The README carries the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from pumpcast import simulator
 from pumpcast.ingest import attach_events, read_events, trades_to_bars
-from pumpcast.realism import pump_shape, series_stats, summarize
+from pumpcast.realism import STATS, inside_band, pump_stats, series_stats, summarize
 
 LABELS = {
-    "excess_kurtosis": "excess kurtosis of 1-step log returns",
-    "acf_abs_r_1_10": "autocorrelation of abs(returns), mean of lags 1-10",
-    "acf_r_1": "autocorrelation of returns, lag 1",
-    "corr_abs_r_volume": "correlation of abs(return) and volume",
-    "calm_buy_share": "buy share of trades away from events",
-    "zero_return_share": "share of steps with no price change",
+    "excess_kurtosis": "excess kurtosis of calm 1-step returns",
+    "hill_index": "Hill tail index of calm abs(returns), top 5%",
+    "acf_r_1": "autocorrelation of calm returns, lag 1 (bounce)",
+    **{f"acf_abs_r_{k}": f"autocorrelation of calm abs(returns), lag {k}" for k in (*range(1, 11), 60)},
+    "corr_abs_r_log_volume": "correlation of calm abs(return) and log volume",
+    "pump_zero_return_share": "share of pump-window steps with no price change",
+    "pump_zero_trade_share": "share of pump-window steps with no trade",
+    "pump_buy_share": "buy share of pump-window trades",
+    "pump_volume_ratio": "pump-window volume over calm volume",
+    "pump_log_volume_acf_1": "lag-1 autocorrelation of pump-window log volume",
     "peak_gain": "pump peak gain",
-    "minutes_to_peak": "pump minutes from start to peak",
-    "retrace_60": "share of pump gain lost 60 min after the peak",
+    "minutes_to_peak": "pump steps from start to peak",
+    "retrace_60": "share of pump gain lost 60 steps after the peak",
 }
 
 
+def band(rows: list[dict[str, float]], pumps: list[dict[str, float]]) -> dict[str, tuple[float, float, float]]:
+    return summarize(rows) | summarize(pumps)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--venues", default="cex,dex", help="comma-separated: cex, dex")
     ap.add_argument("--num-tokens", type=int, default=512)
     ap.add_argument("--timesteps", type=int, default=5800, help="as long as a real file's 1-minute bars")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real", default=str(Path(__file__).resolve().parents[2] / "shared/data/binance-pumps"))
     args = ap.parse_args()
 
-    syn_stats, syn_pumps = [], []
-    for tok in simulator.generate(args.num_tokens, args.timesteps, args.seed):
-        syn_stats.append(series_stats(tok.features, tok.events))
-        syn_pumps += [
-            s for e in tok.events if e.type == "pump_and_dump" for s in [pump_shape(tok.features[:, 0], e.start)] if s
-        ]
+    real_dir = Path(args.real)
+    events = read_events(real_dir / "events.csv")
+    real_rows, real_pumps = [], []
+    for f in sorted(real_dir.glob("*.csv.gz")):
+        bars = attach_events(trades_to_bars(f)[0], events)
+        real_rows.append(series_stats(bars.features, bars.events))
+        real_pumps += pump_stats(bars.features, bars.events)
+    real = band(real_rows, real_pumps)
 
-    real = Path(args.real)
-    events = read_events(real / "events.csv")
-    real_stats, real_pumps = [], []
-    for f in sorted(real.glob("*.csv.gz")):
-        [bars] = trades_to_bars(f)
-        bars = attach_events(bars, events)
-        real_stats.append(series_stats(bars.features, bars.events))
-        real_pumps += [s for e in bars.events for s in [pump_shape(bars.features[:, 0], e.start)] if s]
+    venues = [v.strip() for v in args.venues.split(",") if v.strip()]
+    syn, inside, counts = {}, {}, {}
+    for venue in venues:
+        started = time.perf_counter()
+        rows, pumps = [], []
+        for tok in simulator.generate(args.num_tokens, args.timesteps, args.seed, venue=venue):
+            rows.append(series_stats(tok.features, tok.events))
+            pumps += pump_stats(tok.features, tok.events)
+        syn[venue] = band(rows, pumps)
+        inside[venue] = inside_band(syn[venue], real)
+        counts[venue] = (len(pumps), time.perf_counter() - started)
 
-    def fmt(q: tuple[float, float, float]) -> str:
-        return " / ".join(f"{v:.3g}" for v in q)
-
-    syn, rl = summarize(syn_stats) | summarize(syn_pumps), summarize(real_stats) | summarize(real_pumps)
-    print(
-        f"| statistic (10th pct / median / 90th pct) | synthetic ({args.num_tokens} tokens, "
-        f"{len(syn_pumps)} pumps) | real ({len(real_stats)} Binance files, {len(real_pumps)} pumps) |"
-    )
-    print("|---|---|---|")
-    for key, label in LABELS.items():
-        print(f"| {label} | {fmt(syn[key])} | {fmt(rl[key])} |")
+    head = " | ".join(f"{v.upper()} median ({args.num_tokens} tokens, {counts[v][0]} pumps)" for v in venues)
+    print(f"| statistic | real 10% / median / 90% ({len(real_rows)} Binance files, {len(real_pumps)} pumps) | {head} |")
+    print("|---|---|" + "---|" * len(venues))
+    for key in STATS:
+        cells = " | ".join(f"{syn[v][key][1]:.3g} {'in' if inside[v][key] else '**out**'}" for v in venues)
+        print(f"| {LABELS[key]} | {' / '.join(f'{q:.3g}' for q in real[key])} | {cells} |")
+    print()
+    for v in venues:
+        print(
+            f"{v.upper()}: {sum(inside[v].values())} of {len(inside[v])} inside "
+            f"(seed {args.seed}, {args.num_tokens} tokens x {args.timesteps} steps, {counts[v][1]:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

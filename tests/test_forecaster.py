@@ -237,7 +237,7 @@ def test_damaged_last_checkpoint_is_a_one_line_error(tmp_path, capsys, damage):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_stop_with_a_checkpoint_and_a_nonzero_exit(tmp_path, sig, code):
-    epochs = ["--epochs", "14", "--patience", "100"]
+    epochs = ["--epochs", "40", "--patience", "100"]
     args = [sys.executable, str(ROOT / "pump_trainer.py"), *_train_flags(tmp_path), *epochs]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "ckpt" / "last.ckpt"

@@ -453,6 +453,19 @@ def run_fold(
     }
 
 
+def per_token_sums(folds: list[dict[str, Any]]) -> tuple[list[int], np.ndarray]:
+    """The tested tokens (sorted) and their summed STATS (tokens, methods, H, subsets, stats): the units the
+    bootstrap resamples (a token tested in several time folds is one unit)."""
+    units: dict[int, np.ndarray] = {}
+    for f in folds:
+        for t, s in zip(f["tokens"], f["sums"], strict=True):
+            arr = np.asarray(s, dtype=np.float64)
+            units[t] = units[t] + arr if t in units else arr
+    if not units:
+        raise DataError("no test origins: tokens are shorter than the model's seq_length plus the horizons")
+    return sorted(units), np.stack([units[t] for t in sorted(units)])
+
+
 def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
     """Run (or resume) the backtest described by bt on the store cfg.data.data_dir, training each fold's model
     with cfg; write backtest.md, backtest.json and img/ under bt.output_dir and return the report."""
@@ -484,14 +497,7 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
         result = {**run_fold(k, split, cfg, bt, store, horizons), "fingerprint": fingerprint}
         atomic_write_json(path, result)
         folds.append(result)
-    units: dict[int, np.ndarray] = {}  # a token tested in several time folds is one unit of the bootstrap
-    for f in folds:
-        for t, s in zip(f["tokens"], f["sums"], strict=True):
-            arr = np.asarray(s, dtype=np.float64)
-            units[t] = units[t] + arr if t in units else arr
-    if not units:
-        raise DataError("no test origins: tokens are shorter than the model's seq_length plus the horizons")
-    per_token = np.stack([units[t] for t in sorted(units)])
+    tokens, per_token = per_token_sums(folds)
     report = {
         "note": "research tool, not financial advice",
         "store": str(store.dir),
@@ -501,7 +507,7 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
         "every": bt.every,
         "context": bt.context,
         "quantile_levels": list(QuantileLoss.levels),
-        "tokens": sorted(units),
+        "tokens": tokens,
         "fixed_model": bt.load_model,
         "settings": to_dict(cfg.sections()),
         "fold_summary": [
