@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pumpcast import simulator
 from pumpcast.ingest import attach_events, read_events, trades_to_bars
-from pumpcast.realism import STATS, inside_band, pump_stats, series_stats, summarize
+from pumpcast.realism import STATS, describe, inside_band
 
 LABELS = {
     "excess_kurtosis": "excess kurtosis of calm 1-step returns",
@@ -35,10 +35,6 @@ LABELS = {
 }
 
 
-def band(rows: list[dict[str, float]], pumps: list[dict[str, float]]) -> dict[str, tuple[float, float, float]]:
-    return summarize(rows) | summarize(pumps)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--venues", default="cex,dex", help="comma-separated: cex, dex")
@@ -50,27 +46,20 @@ def main() -> None:
 
     real_dir = Path(args.real)
     events = read_events(real_dir / "events.csv")
-    real_rows, real_pumps = [], []
-    for f in sorted(real_dir.glob("*.csv.gz")):
-        bars = attach_events(trades_to_bars(f)[0], events)
-        real_rows.append(series_stats(bars.features, bars.events))
-        real_pumps += pump_stats(bars.features, bars.events)
-    real = band(real_rows, real_pumps)
+    bars = [attach_events(trades_to_bars(f)[0], events) for f in sorted(real_dir.glob("*.csv.gz"))]
+    real, n_real, n_real_pumps = describe((b.features, b.events) for b in bars)
 
     venues = [v.strip() for v in args.venues.split(",") if v.strip()]
     syn, inside, counts = {}, {}, {}
     for venue in venues:
         started = time.perf_counter()
-        rows, pumps = [], []
-        for tok in simulator.generate(args.num_tokens, args.timesteps, args.seed, venue=venue):
-            rows.append(series_stats(tok.features, tok.events))
-            pumps += pump_stats(tok.features, tok.events)
-        syn[venue] = band(rows, pumps)
+        tokens = simulator.generate(args.num_tokens, args.timesteps, args.seed, venue=venue)
+        syn[venue], _, n_pumps = describe((t.features, t.events) for t in tokens)
         inside[venue] = inside_band(syn[venue], real)
-        counts[venue] = (len(pumps), time.perf_counter() - started)
+        counts[venue] = (n_pumps, time.perf_counter() - started)
 
     head = " | ".join(f"{v.upper()} median ({args.num_tokens} tokens, {counts[v][0]} pumps)" for v in venues)
-    print(f"| statistic | real 10% / median / 90% ({len(real_rows)} Binance files, {len(real_pumps)} pumps) | {head} |")
+    print(f"| statistic | real 10% / median / 90% ({n_real} Binance files, {n_real_pumps} pumps) | {head} |")
     print("|---|---|" + "---|" * len(venues))
     for key in STATS:
         cells = " | ".join(f"{syn[v][key][1]:.3g} {'in' if inside[v][key] else '**out**'}" for v in venues)

@@ -3,16 +3,7 @@ import pytest
 
 from pumpcast import simulator
 from pumpcast.ingest import attach_events, read_events, trades_to_bars
-from pumpcast.realism import (
-    STATS,
-    calm_mask,
-    hill_index,
-    inside_band,
-    pump_shape,
-    pump_stats,
-    series_stats,
-    summarize,
-)
+from pumpcast.realism import STATS, calm_mask, describe, hill_index, inside_band, pump_shape, series_stats
 from pumpcast.schema import FEATURES, Event
 from pumpcast.store import TokenDataManager
 
@@ -205,17 +196,11 @@ def test_realism_statistics_measure_what_they_say():
 def test_synthetic_medians_fall_inside_the_real_bands(binance_dir):
     """The realism benchmark's claim at a smaller size: most statistics inside the real 10-90% band."""
     events = read_events(binance_dir / "events.csv")
-    real_s, real_p = [], []
-    for f in sorted(binance_dir.glob("*.csv.gz")):
-        bars = attach_events(trades_to_bars(f)[0], events)
-        real_s.append(series_stats(bars.features, bars.events))
-        real_p += pump_stats(bars.features, bars.events)
-    real = summarize(real_s) | summarize(real_p)
+    bars = [attach_events(trades_to_bars(f)[0], events) for f in sorted(binance_dir.glob("*.csv.gz"))]
+    real, n_files, n_pumps = describe((b.features, b.events) for b in bars)
+    assert (n_files, n_pumps) == (19, 19)
     for venue, need in (("cex", 21), ("dex", 19)):
-        syn_s, syn_p = [], []
-        for tok in simulator.generate(256, 5800, seed=2, venue=venue):
-            syn_s.append(series_stats(tok.features, tok.events))
-            syn_p += pump_stats(tok.features, tok.events)
-        inside = inside_band(summarize(syn_s) | summarize(syn_p), real)
+        tokens = simulator.generate(256, 5800, seed=2, venue=venue)
+        inside = inside_band(describe((t.features, t.events) for t in tokens)[0], real)
         assert len(inside) == len(STATS) == 23
         assert sum(inside.values()) >= need, (venue, [k for k, v in inside.items() if not v])

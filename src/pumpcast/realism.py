@@ -9,6 +9,8 @@ them a synthetic median puts inside the real 10-90% band.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from pumpcast.schema import BUYS, PRICE, SELLS, VOLUME, Event
@@ -142,7 +144,21 @@ def pump_shape(price: np.ndarray, start: int, search: int = 10) -> dict[str, flo
     return {"peak_gain": float(gain), "minutes_to_peak": float(peak_step - start), "retrace_60": float(retrace)}
 
 
-def summarize(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, float]]:
+#: (10th percentile, median, 90th percentile) of each statistic.
+Bands = dict[str, tuple[float, float, float]]
+
+
+def describe(series: Iterable[tuple[np.ndarray, list[Event]]]) -> tuple[Bands, int, int]:
+    """The (10th percentile, median, 90th percentile) band of every statistic over series of (raw features,
+    events): calm statistics over the series, pump statistics over their pumps; and how many of each."""
+    rows, pumps = [], []
+    for features, events in series:
+        rows.append(series_stats(features, events))
+        pumps += pump_stats(features, events)
+    return summarize(rows) | summarize(pumps), len(rows), len(pumps)
+
+
+def summarize(rows: list[dict[str, float]]) -> Bands:
     """(10th percentile, median, 90th percentile) of each statistic over tokens or events."""
     keys = rows[0].keys() if rows else []
     out = {}
@@ -153,8 +169,6 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, flo
     return out
 
 
-def inside_band(
-    synthetic: dict[str, tuple[float, float, float]], real: dict[str, tuple[float, float, float]]
-) -> dict[str, bool]:
+def inside_band(synthetic: Bands, real: Bands) -> dict[str, bool]:
     """For each statistic, whether the synthetic median lies inside the real 10-90% band."""
     return {k: bool(real[k][0] <= synthetic[k][1] <= real[k][2]) for k in STATS if k in synthetic and k in real}

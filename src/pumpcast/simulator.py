@@ -33,7 +33,18 @@ from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
 from pumpcast.config import VENUES, DataConfig
-from pumpcast.schema import FEATURES, ConfigError, Event, TokenSeries
+from pumpcast.schema import (
+    BUYS,
+    FEATURES,
+    LIQUIDITY,
+    MARKET_CAP,
+    PRICE,
+    SELLS,
+    VOLUME,
+    ConfigError,
+    Event,
+    TokenSeries,
+)
 from pumpcast.store import TokenDataManager, die_with_parent
 from pumpcast.timeutil import parse_interval
 
@@ -62,7 +73,9 @@ SIDE_PERSIST = 0.6
 
 @dataclass
 class SyntheticToken:
-    """One simulated token: raw features (T, 6), its events, and the pool reserves behind them."""
+    """One simulated token: raw features (T, 6), its events, and what the features come from: the pool's
+    reserves after each step (on a CEX, the curve that stands for the book's depth), the side of each step's
+    last trade (whose price is the recorded price) and the CEX price grid."""
 
     token_id: int
     features: np.ndarray
@@ -300,7 +313,6 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
         rx[t], ry[t] = x, y
     del bulk_buy, bulk_sell, last_buy, last_sell, volume_rel, thin
 
-    steps = np.arange(T)[:, None]
     mid = ry / rx
     if venue == "cex":
         # An order book's last trade is at the ask (buy) or the bid (sell), on the venue's price grid.
@@ -316,20 +328,20 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
     price = np.take_along_axis(quote, np.maximum.accumulate(np.where((last != 0) | (steps == 0), steps, 0), 0), 0)
     # Token-major arrays, so that each token's series is one contiguous slice.
     feats = np.full((B, T, len(FEATURES)), np.nan)
-    feats[..., 0] = price.T
-    feats[..., 1] = volume.T
-    feats[..., 3] = n_buy.T
-    feats[..., 4] = n_sell.T
+    feats[..., PRICE] = price.T
+    feats[..., VOLUME] = volume.T
+    feats[..., BUYS] = n_buy.T
+    feats[..., SELLS] = n_sell.T
     if venue == "dex":
-        feats[..., 2] = 2 * ry.T
-        feats[..., 5] = price.T * supply[:, None]
+        feats[..., LIQUIDITY] = 2 * ry.T
+        feats[..., MARKET_CAP] = price.T * supply[:, None]
     reserves = np.stack([rx.T, ry.T], axis=-1)
     sides = np.ascontiguousarray(last.T)
     return [
         SyntheticToken(
             block * B + b,
             feats[b],
-            [_realised(e, feats[b, :, 0]) for e in sched.events[b]],
+            [_realised(e, feats[b, :, PRICE]) for e in sched.events[b]],
             reserves[b],
             sides[b],
             float(tick[b]),
