@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--output-dir", default="transfer")
     args = ap.parse_args()
     out = Path(args.output_dir)
-    common = ["--no-mlflow", "--no-progress", "--threads", str(args.threads), "--seed", str(args.seed)]
+    common = ["--no-progress", "--threads", str(args.threads), "--seed", str(args.seed)]
     synthetic, pretrained = out / "synthetic", out / "pretrained.pth"
     if not pretrained.exists():
         if len(TokenDataManager(synthetic)) == 0:
@@ -116,7 +116,7 @@ def main() -> None:
             assert pumpcast(["generate", *gen, "--venue", args.venue, "--seed", str(args.seed)]) == 0
         train = ["--preset", "real", "--data-dir", str(synthetic), "--epochs", str(args.pretrain_epochs)]
         train += ["--window-stride", str(args.pretrain_stride), "--checkpoint-dir", str(out / "pretrain-ckpt")]
-        assert pumpcast(["train", *train, "--save-model", str(pretrained), *common]) == 0
+        assert pumpcast(["train", *train, "--save-model", str(pretrained), "--no-mlflow", *common]) == 0
     arms = {"real-only": [], "pretrained": ["--init-from", str(pretrained)]}
     for name, extra in arms.items():
         bt = ["--preset", "real", "--data-dir", args.real_store, "--every", str(args.every)]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from pumpcast import simulator
+from pumpcast.cli import main as pumpcast
 from pumpcast.ingest import attach_events, read_events, trades_to_bars
 from pumpcast.realism import STATS, calm_mask, describe, hill_index, inside_band, pump_shape, series_stats
 from pumpcast.schema import FEATURES, Event
@@ -99,12 +100,14 @@ def test_venues_are_deterministic_and_differ():
         next(simulator.generate(1, 300, venue="otc"))
 
 
-def test_cex_tokens_are_stored_as_absent_not_zero(tmp_path):
-    ids = simulator.generate_to_store(tmp_path, num_tokens=3, timesteps=400, seed=11, venue="cex")
+def test_cex_tokens_are_stored_as_absent_not_zero(tmp_path, capsys):
+    flags = ["--data-dir", str(tmp_path), "--timesteps", "400", "--seed", "11"]
+    assert pumpcast(["generate", *flags, "--num-tokens", "3", "--venue", "cex"]) == 0
+    assert "generated 3 synthetic CEX tokens" in capsys.readouterr().out
     simulator.generate_to_store(tmp_path, num_tokens=2, timesteps=400, seed=11)  # DEX tokens beside them
     store = TokenDataManager(tmp_path)
     assert len(store) == 5
-    tok = store.read(ids[0])
+    [tok] = [store.read(i) for i in store.lengths() if store.read(i).key == "synthetic:cex:11:0"]
     assert tok.key == "synthetic:cex:11:0" and tok.source == "synthetic:cex:seed=11"
     assert not tok.available["liquidity"] and not tok.available["market_cap"] and tok.available["price"]
     sim = next(simulator.generate(1, 400, seed=11, venue="cex"))
