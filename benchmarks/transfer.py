@@ -32,10 +32,10 @@ def folds(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "folds").glob("fold*.json"))]
 
 
-def interval(values: np.ndarray) -> str:
+def interval(values: np.ndarray, digits: int) -> str:
     """'point [low, high]' of a bootstrap column whose first row is the point value."""
     lo, hi = np.nanpercentile(values[1:], [2.5, 97.5])
-    return f"{values[0]:+.4g} [{lo:+.4g}, {hi:+.4g}]"
+    return f"{values[0]:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int, seed: int) -> str:
@@ -62,7 +62,7 @@ def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int,
                 rel = (pb[:, m, j, s] - pa[:, m, j, s]) / pa[:, m, j, s]
                 lines.append(
                     f"| {method} | {subset} | {h} | {pa[0, m, j, s] * 1e4:.2f} | {pb[0, m, j, s] * 1e4:.2f} | "
-                    f"{interval(rel * 100)} % |"
+                    f"{interval(rel * 100, 2)} % |"
                 )
     lines += [
         "",
@@ -80,7 +80,7 @@ def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int,
         boot = [np.arange(len(tokens))] + [rng.integers(0, len(tokens), len(tokens)) for _ in range(n_boot)]
         auc_a = np.array([_auprc(rows_a[name], tokens, d) for d in boot])
         auc_b = np.array([_auprc(rows_b[name], tokens, d) for d in boot])
-        lines.append(f"| {name} | {auc_a[0]:.3f} | {auc_b[0]:.3f} | {interval(auc_b - auc_a)} |")
+        lines.append(f"| {name} | {auc_a[0]:.3f} | {auc_b[0]:.3f} | {interval(auc_b - auc_a, 3)} |")
     return "\n".join(lines)
 
 
