@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pumpcast.backtest import METHODS, SUBSETS, metrics, per_token_sums
+from pumpcast.backtest import METHODS, SUBSETS, metrics, per_token_sums, scored_steps
 from pumpcast.cli import main as pumpcast
 from pumpcast.pumps import average_precision
 from pumpcast.store import TokenDataManager
@@ -78,8 +78,10 @@ def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int,
             continue
         tokens = sorted(set(rows_a[name]) & set(rows_b[name]))
         boot = [np.arange(len(tokens))] + [rng.integers(0, len(tokens), len(tokens)) for _ in range(n_boot)]
-        auc_a = np.array([_auprc(rows_a[name], tokens, d) for d in boot])
-        auc_b = np.array([_auprc(rows_b[name], tokens, d) for d in boot])
+        auc_a, auc_b = (
+            np.array([_auprc(*steps, d) for d in boot])
+            for steps in (scored_steps([rows[t] for t in tokens]) for rows in (rows_a[name], rows_b[name]))
+        )
         lines.append(f"| {name} | {auc_a[0]:.3f} | {auc_b[0]:.3f} | {interval(auc_b - auc_a, 3)} |")
     return "\n".join(lines)
 
@@ -88,10 +90,8 @@ def _names(fs: list[dict]) -> list[str]:
     return sorted({name for f in fs for name in (f.get("events") or {})})
 
 
-def _auprc(rows: dict[int, dict], tokens: list[int], draw: np.ndarray) -> float:
-    scores = [np.asarray(rows[tokens[i]]["scores"], dtype=np.float64) for i in draw]
-    labels = [np.isin(np.arange(sc.size), rows[tokens[i]]["positives"]) for i, sc in zip(draw, scores, strict=True)]
-    return average_precision(np.concatenate(labels), np.concatenate(scores))
+def _auprc(labels: list[np.ndarray], scores: list[np.ndarray], draw: np.ndarray) -> float:
+    return average_precision(np.concatenate([labels[i] for i in draw]), np.concatenate([scores[i] for i in draw]))
 
 
 def main() -> None:

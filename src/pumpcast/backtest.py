@@ -286,6 +286,12 @@ def fold_events(
     return out
 
 
+def scored_steps(rows: list[dict[str, Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per test token's event record (of fold_events): its step labels (pump or not) and its scores."""
+    scores = [np.asarray(r["scores"], dtype=np.float64) for r in rows]
+    return [np.isin(np.arange(sc.size), r["positives"]) for r, sc in zip(rows, scores, strict=True)], scores
+
+
 def summarize_events(folds: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
     """Event metrics per detector over all folds' test tokens: detected and early events (counts), and with
     95% bootstrap intervals over tokens recall, early-warning rate, false alarms per day, median delay (steps;
@@ -300,8 +306,7 @@ def summarize_events(folds: list[dict[str, Any]], n_boot: int, seed: int) -> dic
         n = len(rows)
         draws = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(n_boot)]
         values = []
-        scores = [np.asarray(r["scores"], dtype=np.float64) for r in rows]  # per token, built once for all draws
-        labels = [np.isin(np.arange(sc.size), r["positives"]) for r, sc in zip(rows, scores, strict=True)]
+        labels, scores = scored_steps(rows)  # per token, built once for all draws
         for d in draws:
             sel = [rows[i] for i in d]
             days = sum(r["days"] for r in sel)
