@@ -204,7 +204,13 @@ class Interrupted(PumpcastError):
 
 class _CheckpointOnInterrupt(Callback):
     """On SIGTERM (Lightning stops after the current batch) or Ctrl-C, write last.ckpt from where training
-    stands, so `--resume` continues from there."""
+    stands, so `--resume` continues from there.
+
+    Once an epoch's last training batch is done, a checkpoint from there would resume past the epoch's
+    validation (Lightning sees its batches done and skips it, and early stopping finds no val_loss). So an
+    interrupt after the last batch or during validation keeps the previous epoch's last.ckpt, and the resume
+    replays the interrupted epoch from its start.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -215,7 +221,9 @@ class _CheckpointOnInterrupt(Callback):
         if isinstance(exception, SIGTERMException | KeyboardInterrupt):
             self.signum = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
             self.epoch = trainer.current_epoch
-            trainer.save_checkpoint(self.path)
+            trained = trainer.validating or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            if not (trained and self.path.is_file()):
+                trainer.save_checkpoint(self.path)
 
 
 def _check_resume(last: Path, best: Path, epochs: int) -> None:
