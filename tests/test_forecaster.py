@@ -255,6 +255,36 @@ def test_sigterm_and_sigint_stop_with_a_checkpoint_and_a_nonzero_exit(tmp_path, 
     assert (tmp_path / "m.pth").is_file()
 
 
+def test_interrupt_during_validation_resumes_that_epoch(tmp_path):
+    """Ctrl-C while an epoch validates: the resume replays that epoch (its validation included) from the previous
+    epoch's checkpoint, instead of starting past the validation and failing on a missing val_loss."""
+    from lightning.pytorch.callbacks import Callback
+
+    from pumpcast.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, replace_train
+    from pumpcast.training import Interrupted, fit
+
+    class CtrlCInSecondValidation(Callback):
+        def on_validation_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(
+        data=DataConfig(data_dir=str(tmp_path / "data"), num_tokens=2, timesteps=700, window_stride=8),
+        model=ModelConfig(seq_len=64, horizon=8, patch_len=8, embed_size=16, nhead=4),
+        optim=OptimConfig(epochs=3, patience=100),
+        runtime=RuntimeConfig(checkpoint_dir=str(tmp_path / "ck"), progress_bar=False, save_model=None),
+    )
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl-C while it shuts down
+    try:
+        with pytest.raises(Interrupted):
+            fit(cfg, callbacks=[CtrlCInSecondValidation()])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)["epoch"] == 0  # the first epoch's end
+    result = fit(replace_train(cfg, {"runtime.resume": True}))
+    assert result.trained.epochs_run == 3 and np.isfinite(result.trained.best_val_loss)
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
