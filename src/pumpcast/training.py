@@ -209,21 +209,25 @@ class _CheckpointOnInterrupt(Callback):
     Once an epoch's last training batch is done, a checkpoint from there would resume past the epoch's
     validation (Lightning sees its batches done and skips it, and early stopping finds no val_loss). So an
     interrupt after the last batch or during validation keeps the previous epoch's last.ckpt, and the resume
-    replays the interrupted epoch from its start.
+    replays the interrupted epoch from its start (in the first epoch there is none yet: nothing to resume).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resumed: bool):
         self.path = path
         self.signum: int | None = None
         self.epoch = 0
+        self.resumable = resumed  # path holds this run's state: the checkpoint it resumed from, or a later one
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.resumable = True  # the last-epoch checkpoint (an earlier callback) has just been written
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException | KeyboardInterrupt):
             self.signum = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
             self.epoch = trainer.current_epoch
-            trained = trainer.validating or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-            if not (trained and self.path.is_file()):
+            if not (trainer.validating or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
                 trainer.save_checkpoint(self.path)
+                self.resumable = True
 
 
 def _check_resume(last: Path, best: Path, epochs: int) -> None:
@@ -505,7 +509,7 @@ def train(
     # the latest epoch whatever its loss, so last.ckpt has a callback of its own.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     history = _History()
-    interrupt = _CheckpointOnInterrupt(ckpt_dir / "last.ckpt")
+    interrupt = _CheckpointOnInterrupt(ckpt_dir / "last.ckpt", rt.resume)
     bar = rt.progress_bar and sys.stderr.isatty()
     stopping = EarlyStopping("val_loss", patience=cfg.optim.patience)
     trainer = pl.Trainer(
@@ -545,10 +549,13 @@ def train(
         if interrupt.signum is None or not trainer.is_global_zero:
             raise
         name = signal.Signals(interrupt.signum).name
+        where = (
+            f"checkpoint {last}; continue with --resume (same flags)"
+            if interrupt.resumable
+            else "no checkpoint yet (the first epoch had not ended); train again"
+        )
         raise Interrupted(
-            f"{name}: training stopped in epoch {interrupt.epoch + 1}; checkpoint {last}; continue with --resume "
-            "(same flags)",
-            interrupt.signum,
+            f"{name}: training stopped in epoch {interrupt.epoch + 1}; {where}", interrupt.signum
         ) from exc
     if not trainer.is_global_zero:
         return None
