@@ -358,14 +358,19 @@ def _realised(event: Event, price: np.ndarray) -> Event:
     return Event(event.type, event.start, event.peak, event.end, gain)
 
 
+def _check_venue(venue: str) -> None:
+    """A one-line error for a venue the simulator does not know, before anything is simulated."""
+    if venue not in VENUES:
+        raise ConfigError(f"venue {venue!r} is not one of {', '.join(VENUES)}", "venue")
+
+
 def generate(
     num_tokens: int, timesteps: int, seed: int = 0, first_token: int = 0, venue: str = "dex"
 ) -> Iterator[SyntheticToken]:
     """Yield tokens first_token .. first_token + num_tokens - 1 of a venue, one block in memory at a time."""
     if timesteps < 2:
         raise ValueError("timesteps must be at least 2")
-    if venue not in VENUES:
-        raise ConfigError(f"venue {venue!r} is not one of {', '.join(VENUES)}", "venue")
+    _check_venue(venue)
     last = first_token + num_tokens
     for block in range(first_token // BLOCK, (last - 1) // BLOCK + 1 if num_tokens > 0 else 0):
         for tok in _simulate_block(seed, block, timesteps, venue):
@@ -429,8 +434,7 @@ def generate_to_store(
 
     if num_tokens < 1 or timesteps < 2:
         raise ConfigError("num_tokens must be >= 1 and timesteps >= 2", "num_tokens", "timesteps")
-    if venue not in VENUES:
-        raise ConfigError(f"venue {venue!r} is not one of {', '.join(VENUES)}", "venue")
+    _check_venue(venue)
     interval_ms = parse_interval(interval)
     store = TokenDataManager(data_dir)
     blocks = range(0, (num_tokens - 1) // BLOCK + 1)
