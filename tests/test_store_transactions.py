@@ -1,8 +1,11 @@
-"""Store writes are all-or-nothing: kill -9 at random moments during generate and re-ingest, then the store is
-consistent (`pumpcast check`) and equals either the old or the new store, and no worker keeps writing."""
+"""Store writes are all-or-nothing: kill -9 during generate and re-ingest, at each point of the transaction
+(made to land there by the writer's pause points, so on any machine, fast or slow) and at random moments; then
+the store is consistent (`pumpcast check`) and equals the old store (killed before the commit) or the new one
+(after it), and no worker outlives its writer."""
 
 import gzip
 import hashlib
+import os
 import random
 import shutil
 import subprocess
@@ -10,12 +13,16 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pumpcast.cli import main
 from pumpcast.ingest import ingest_files
 from pumpcast.simulator import generate_to_store
-from pumpcast.store import STAGED, TokenDataManager
+from pumpcast.store import TokenDataManager
+
+#: The writer's pause points in transaction order, and which store a kill there must leave.
+POINTS = {"staged": "old", "before-commit": "old", "committed": "new", "applying": "new"}
 
 
 def _content(store_dir: Path) -> dict[int, str]:
@@ -28,27 +35,45 @@ def _content(store_dir: Path) -> dict[int, str]:
     return out
 
 
-def _kill_loop(tries: int, cmd: list[str], store_dir: Path, old: dict, new: dict, restore, seconds: float) -> dict:
-    """Run cmd, kill -9 it after a random delay, check the store; returns how often it was old / new."""
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL to the writer only; its workers must die with it (they get SIGKILL when their parent dies)."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"workers {[p.pid for p in alive]} outlived their writer"
+
+
+def _after_kill(store_dir: Path, old: dict, new: dict, expected: str | None, restore) -> str:
+    problems = TokenDataManager(store_dir).check().problems
+    assert problems == [], problems
+    content = _content(store_dir)
+    assert content in (old, new), "the store is neither the old nor the new one"
+    state = "old" if content == old else "new"
+    assert expected in (None, state), f"killed where the store must be {expected}, found the {state} one"
+    if state == "new":
+        restore()
+    return state
+
+
+def _kill_everywhere(cmd: list[str], store_dir: Path, old: dict, new: dict, restore, tmp: Path, seconds: float):
+    """Kill cmd at each pause point, then at a few random moments."""
+    for point, expected in POINTS.items():
+        flag = tmp / f"paused-{point}"
+        env = {**os.environ, "PUMPCAST_PAUSE_AT": point, "PUMPCAST_PAUSE_FILE": str(flag)}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not flag.exists():  # no clock: the writer says when it is there
+            assert proc.poll() is None, f"the writer ended without reaching {point}"
+            time.sleep(0.05)
+        _kill(proc)
+        _after_kill(store_dir, old, new, expected, restore)
     rng = random.Random(0)
-    seen = {"old": 0, "new": 0}
-    for _ in range(tries):
+    for _ in range(3):  # and anywhere: nothing in between may break the store either
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.0, seconds))
-        proc.kill()  # SIGKILL to the writer only: its workers must die with it
-        proc.wait()
-        time.sleep(0.3)
-        problems, _ = TokenDataManager(store_dir).check()
-        assert problems == [], problems
-        content = _content(store_dir)
-        assert content in (old, new), "the store is neither the old nor the new one"
-        state = "old" if content == old else "new"
-        seen[state] += 1
-        time.sleep(0.7)  # a surviving worker would stage files after the check removed the last ones
-        assert not list((store_dir / "sequences").glob(f".*{STAGED}")), "a worker kept writing after its parent died"
-        if state == "new":
-            restore()
-    return seen
+        _kill(proc)
+        _after_kill(store_dir, old, new, None, restore)
 
 
 def test_kill_9_during_generate_leaves_the_old_or_the_new_store(tmp_path, capsys):
@@ -58,17 +83,15 @@ def test_kill_9_during_generate_leaves_the_old_or_the_new_store(tmp_path, capsys
     generate_to_store(store_dir, 520, 30, seed=0, workers=2)
     old = _content(store_dir)
     cmd = [sys.executable, "-m", "pumpcast.cli", "generate", "--num-tokens", "520", "--timesteps", "50"]
-    seen = _kill_loop(
-        10,
+    _kill_everywhere(
         [*cmd, "--data-dir", str(store_dir)],
         store_dir,
         old,
         new,
         lambda: generate_to_store(store_dir, 520, 30, seed=0, workers=2),
+        tmp_path,
         seconds=5.0,
     )
-    assert seen["old"] >= 1  # some kills landed before the commit
-    print(f"generate, 10 kills: old {seen['old']}, new {seen['new']}")
     assert main(["check", "--data-dir", str(store_dir)]) == 0
     assert "consistent" in capsys.readouterr().out
 
@@ -87,28 +110,30 @@ def test_kill_9_during_reingest_leaves_the_old_or_the_new_store(tmp_path, binanc
     old = _content(store_dir)
     assert old.keys() == new.keys() and old != new
     cmd = [sys.executable, "-m", "pumpcast.cli", "ingest", "trades", *map(str, files), "--data-dir", str(store_dir)]
-    seen = _kill_loop(
-        10,
+    _kill_everywhere(
         cmd,
         store_dir,
         old,
         new,
         lambda: ingest_files("trades", sorted(halves.iterdir()), store_dir),
+        tmp_path,
         seconds=3.5,
     )
-    assert seen["old"] >= 1
-    print(f"re-ingest, 10 kills: old {seen['old']}, new {seen['new']}")
 
 
-def test_check_finds_disagreements_and_repair_removes_orphans(tmp_path, capsys):
+def test_check_finds_disagreements_and_repair_quarantines_leftovers(tmp_path, capsys):
     d = tmp_path / "s"
     generate_to_store(d, 3, 200, seed=1)
     store = TokenDataManager(d)
-    (d / "sequences" / "token_7.h5").write_bytes(b"left over")
-    assert main(["check", "--data-dir", str(d)]) == 0  # orphans are not inconsistencies
+    (d / "sequences" / ".token_3.h5.0123456789ab.staged").write_bytes(b"staged by a write that never committed")
+    assert main(["check", "--data-dir", str(d)]) == 0  # leftovers are not inconsistencies
     assert "orphan:" in capsys.readouterr().out
+    (d / "sequences" / "token_7.h5").write_bytes(b"left over")  # an unlisted token file is: it blocks writers
+    assert main(["check", "--data-dir", str(d)]) == 1
+    assert "token 7 is not in the metadata" in capsys.readouterr().out
     assert main(["check", "--data-dir", str(d), "--repair"]) == 0
     assert not (d / "sequences" / "token_7.h5").exists()
+    assert len(list((d / "quarantine").rglob("*.*"))) == 2
     generate_to_store(tmp_path / "other", 3, 150, seed=1)  # a file from another store, of another length
     shutil.copy(tmp_path / "other" / "sequences" / "token_1.h5", d / "sequences" / "token_1.h5")
     assert main(["check", "--data-dir", str(d)]) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,29 @@ def json_safe(obj: Any) -> Any:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write strict JSON atomically."""
     atomic_write(Path(path), lambda p: p.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False)))
+
+
+def inside(folder: Path, name: Any, source: Path | str, field: str) -> Path:
+    """folder / name for a name read from a file (a journal, metadata, a model file), refused in one line
+    unless it is a string naming something strictly inside folder (no absolute path, no `..`, no link out)."""
+    root = Path(folder).resolve()
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DataError(f"{source}: {field} {name!r} is not a file name; refused, nothing was read or written")
+    path = (root / name).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise DataError(
+            f"{source}: {field} {name!r} points outside {folder}; refused, nothing was read or written"
+        )
+    return Path(folder) / name
+
+
+def pause_point(name: str) -> None:
+    """A place where a test can stop a writer: with PUMPCAST_PAUSE_AT=name in the environment, the process that
+    reaches it writes its pid to the file PUMPCAST_PAUSE_FILE and waits there until it is killed, so that a
+    kill -9 lands exactly there on any machine, fast or slow. Does nothing otherwise."""
+    if os.environ.get("PUMPCAST_PAUSE_AT") != name:
+        return
+    target = Path(os.environ["PUMPCAST_PAUSE_FILE"])
+    atomic_write(target, lambda p: p.write_text(str(os.getpid())))
+    while True:
+        time.sleep(3600)

@@ -20,10 +20,12 @@ import copy
 import ctypes
 import json
 import os
+import re
 import signal
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from pumpcast.files import atomic_write, atomic_write_json
+from pumpcast.files import atomic_write, atomic_write_json, inside, pause_point
 from pumpcast.schema import (
     EVENT_DTYPE,
     EXTRA_FEATURES,
@@ -48,6 +50,10 @@ from pumpcast.timeutil import iso
 
 CHUNK_ROWS = 1024
 STAGED = ".staged"  # suffix of a token file written by a transaction that has not committed yet
+TOKEN_FILE = re.compile(r"token_(\d+)\.h5")
+STAGED_FILE = re.compile(r"\.token_(\d+)\.h5\.[0-9a-f]+\.staged")
+#: Where `check --repair` moves what it cannot place in the store (nothing is ever deleted).
+QUARANTINE = "quarantine"
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -77,6 +83,18 @@ class Transaction:
         self.entries.extend(entries)
 
 
+@dataclass
+class StoreCheck:
+    """What `TokenDataManager.check` found (and, with repair, did): one line per problem, leftover file, repair."""
+
+    problems: list[str] = field(default_factory=list)  # disagreements and damage (after a repair: what is left)
+    orphans: list[str] = field(default_factory=list)  # files no write explains (a repair quarantines them)
+    repairs: list[str] = field(default_factory=list)  # what the repair did, one line each
+    quarantined: list[str] = field(default_factory=list)  # files in DIR/quarantine/, of this repair and earlier
+    quarantine: Path | None = None  # this repair's quarantine folder, when it moved anything
+    tokens: int = 0
+
+
 class TokenDataManager:
     """Reads and writes one store directory; see the module docstring for its layout."""
 
@@ -97,17 +115,42 @@ class TokenDataManager:
         return self.dir / ".transaction.json"
 
     def _journal(self) -> dict[str, Any] | None:
-        """The committed transaction not yet applied, if any (it is the store's current state)."""
+        """The committed transaction not yet applied, if any (it is the store's current state), checked: it may
+        only rename staged files of this store onto token files of this store."""
         try:
-            journal = json.loads(self.journal_path.read_text())
+            journal = json.loads(self.journal_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (
-            OSError,
-            json.JSONDecodeError,
-        ) as exc:  # written atomically, so this is damage, not a crash
-            raise DataError(f"{self.journal_path}: damaged transaction journal ({exc}); run pumpcast check") from exc
+        except (OSError, ValueError, RecursionError) as exc:  # written atomically, so this is damage, not a crash
+            raise DataError(
+                f"{self.journal_path}: damaged transaction journal ({type(exc).__name__}); "
+                f"run pumpcast check --repair --data-dir {self.dir}"
+            ) from exc
+        problem = self._journal_problem(journal)
+        if problem:
+            raise DataError(
+                f"{self.journal_path}: {problem}; refused, nothing renamed; "
+                f"run pumpcast check --repair --data-dir {self.dir} (it moves the journal to quarantine)"
+            )
         return journal
+
+    def _journal_problem(self, journal: Any) -> str:
+        """Why a journal cannot be applied ('' when it can)."""
+        if not isinstance(journal, dict) or not isinstance(journal.get("metadata"), dict):
+            return "the journal holds no metadata"
+        renames = journal.get("renames")
+        if not isinstance(renames, dict):
+            return "the journal's renames are not a JSON object"
+        for staged, final in renames.items():
+            for what, name in (("staged file", staged), ("rename target", final)):
+                try:
+                    inside(self.sequences, name, self.journal_path, what)
+                except DataError:
+                    return f"its {what} {name!r} is not inside {self.sequences}"
+            token, source = TOKEN_FILE.fullmatch(final), STAGED_FILE.fullmatch(staged)
+            if token is None or source is None or token[1] != source[1]:
+                return f"it renames {staged!r} to {final!r}, which is not a staged and a token file of one token"
+        return ""
 
     def metadata(self) -> dict[str, Any]:
         """The store's metadata (a committed transaction's when one is being applied); an empty store's when
@@ -139,12 +182,15 @@ class TokenDataManager:
         tokens, index = meta.get("tokens"), meta.get("index")
         if not isinstance(tokens, dict) or not isinstance(index, dict):
             raise DataError(f"{path}: 'tokens' and 'index' must be JSON objects; restore the metadata")
+        for key, tid in index.items():
+            if not (isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0):
+                raise DataError(f"{path}: index entry {key!r}: id {tid!r} is not a token id; restore the metadata")
         for tid, entry in tokens.items():
-            ok = isinstance(entry, dict) and str(tid).isdigit()
-            for field in ("steps", "interval_ms"):
-                value = entry.get(field) if ok else None
+            ok = isinstance(entry, dict) and str(tid).isascii() and str(tid).isdigit()
+            for name in ("steps", "interval_ms"):
+                value = entry.get(name) if ok else None
                 if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                    raise DataError(f"{path}: token {tid}: {field} {value!r} is not a positive integer; restore it")
+                    raise DataError(f"{path}: token {tid}: {name} {value!r} is not a positive integer; restore it")
         return meta
 
     @staticmethod
@@ -207,6 +253,12 @@ class TokenDataManager:
         with self.lock():
             self.recover()
             txn = Transaction(copy.deepcopy(self.metadata()))
+            unlisted = sorted(set(self._token_files()) - {int(t) for t in txn.meta["tokens"]})
+            if unlisted:  # a new token would get one of their ids and overwrite the only copy of its data
+                raise DataError(
+                    f"{self.dir}: sequences/ holds token files the metadata does not list (ids {unlisted[:10]}); "
+                    f"run pumpcast check --repair --data-dir {self.dir} first (it rebuilds their entries)"
+                )
             try:
                 yield txn
             except BaseException:
@@ -247,16 +299,21 @@ class TokenDataManager:
         meta["schema_version"] = SCHEMA_VERSION
         meta["features"] = list(FEATURES)
         meta["tokens"] = dict(sorted(meta["tokens"].items(), key=lambda kv: int(kv[0])))
+        pause_point("before-commit")
         atomic_write_json(self.journal_path, {"txid": txn.txid, "renames": renames, "metadata": meta})
+        pause_point("committed")
         self._apply()
 
     def _apply(self) -> None:
+        """Finish the committed transaction, if any (its journal was checked: it renames inside sequences/ only)."""
         journal = self._journal()
         if journal is None:
             return
-        for staged, final in journal["renames"].items():
+        for i, (staged, final) in enumerate(journal["renames"].items()):
             if (self.sequences / staged).exists():
                 os.replace(self.sequences / staged, self.sequences / final)
+            if i == 0:
+                pause_point("applying")
         atomic_write_json(self.metadata_path, journal["metadata"])
         self.journal_path.unlink()
 
@@ -267,14 +324,28 @@ class TokenDataManager:
         self._remove_staged()
 
     def _remove_staged(self) -> None:
+        """Files staged by a transaction that never committed: a write that did not happen (its input is where it
+        was read from), so a writer removes them; `check --repair` moves them to quarantine instead."""
         for p in self.sequences.glob(f".*{STAGED}") if self.sequences.is_dir() else ():
             p.unlink(missing_ok=True)
+
+    def _token_files(self) -> dict[int, Path]:
+        """Token id -> its file, for every token file in sequences/."""
+        if not self.sequences.is_dir():
+            return {}
+        out = {}
+        for p in self.sequences.iterdir():
+            m = TOKEN_FILE.fullmatch(p.name)
+            if m:
+                out[int(m[1])] = p
+        return out
 
     def stage_token(self, tok: TokenSeries, txid: str) -> dict[str, Any]:
         """Write one token's HDF5 file under its staged name (tok.token_id must be set); returns its metadata
         entry for the transaction's commit."""
         staged = f".{self.token_path(tok.token_id).name}.{txid}{STAGED}"
         self._write_token(tok, self.sequences / staged, txid)
+        pause_point("staged")
         return self.entry(tok) | {"txid": txid, "staged": staged}
 
     @staticmethod
@@ -467,28 +538,112 @@ class TokenDataManager:
             raise DataError(f"{self.normalization_path}: unreadable ({exc}); delete it to refit") from exc
 
     # ---------------------------------------------------------------- fsck
-    def check(self, repair: bool = False) -> tuple[list[str], list[str]]:
-        """(problems, orphans): every way the metadata and the token files disagree or a file is damaged, one
-        line each, and leftover files of crashed writes. Finishes a committed write first (as any writer
-        would); with repair, removes the orphans. Holds the lock: a running writer makes this a clear error."""
-        problems: list[str] = []
+    def check(self, repair: bool = False) -> StoreCheck:
+        """Every way the metadata and the token files disagree or a file is damaged (one line each), and the
+        files no write explains. Finishes a committed write first (as any writer would). Holds the lock: a
+        running writer makes this a clear error.
+
+        With repair, nothing is deleted: the metadata is rebuilt from the token files (each records the write
+        that made it) and whatever cannot be placed (an unreadable or duplicate token file, a damaged journal
+        or metadata, staged and temporary files, side files that do not fit) is moved to a new folder under
+        DIR/quarantine/, each move said in one line."""
+        report = StoreCheck()
         with self.lock():
-            self.recover()
+            try:
+                self._apply()
+            except DataError as exc:
+                if not repair:
+                    report.problems.append(str(exc))
+                    return report
+                self._quarantine(self.journal_path, "a damaged or unsafe transaction journal, not applied", report)
             try:
                 meta = self.metadata()
-            except PumpcastError as exc:
-                return [str(exc)], []
-            for tid, entry in meta["tokens"].items():
-                problems.extend(self._check_token(int(tid), entry))
-            problems.extend(self._check_side_files(meta))
-            known = {self.token_path(int(t)).name for t in meta["tokens"]}
-            orphans = [
-                p for p in sorted(self.sequences.iterdir()) if self.sequences.is_dir() if p.name not in known
-            ] + sorted(self.dir.glob(".*.tmp"))
+            except DataError as exc:
+                if not repair:
+                    report.problems.append(str(exc))
+                    return report
+                self._quarantine(self.metadata_path, "unreadable token metadata; rebuilt from the token files", report)
+                meta = self.metadata()
             if repair:
-                for p in orphans:
-                    p.unlink(missing_ok=True)
-        return problems, [str(p) for p in orphans]
+                meta = self._rebuild(meta, report)
+            report.tokens = len(meta["tokens"])
+            for tid, entry in meta["tokens"].items():
+                report.problems.extend(self._check_token(int(tid), entry))
+            listed = {int(t) for t in meta["tokens"]}
+            for tid, path in sorted(self._token_files().items()):
+                if tid not in listed:
+                    report.problems.append(
+                        f"{path}: token {tid} is not in the metadata; pumpcast check --repair rebuilds its entry"
+                    )
+            report.problems.extend(self._check_side_files(meta, report if repair else None))
+            known = {self.token_path(t).name for t in self._token_files()}
+            report.orphans = [str(p) for p in self._leftovers(known)]
+            report.quarantined = sorted(str(p) for p in (self.dir / QUARANTINE).glob("*/**/*") if p.is_file())
+        return report
+
+    def _leftovers(self, known: set[str]) -> list[Path]:
+        """Files in sequences/ that are no token file, and temporary files of interrupted writes."""
+        inner = sorted(p for p in self.sequences.iterdir() if p.name not in known) if self.sequences.is_dir() else []
+        return inner + sorted(self.dir.glob(".*.tmp"))
+
+    def _quarantine(self, path: Path, why: str, report: StoreCheck) -> None:
+        """Move path (if it exists) into this repair's quarantine folder, keeping its place in the store."""
+        if not path.exists():
+            return
+        if report.quarantine is None:
+            stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%SZ")
+            report.quarantine = self.dir / QUARANTINE / f"{stamp}-{uuid.uuid4().hex[:6]}"
+        target = report.quarantine / path.relative_to(self.dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        report.repairs.append(f"moved {path} to {target}: {why}")
+
+    def _rebuild(self, meta: dict[str, Any], report: StoreCheck) -> dict[str, Any]:
+        """The metadata rebuilt from the token files (under the lock, for check --repair): entries of missing
+        files dropped, of unreadable files quarantined, of files that disagree re-read from the file, unlisted
+        readable files adopted (unless another token holds their key: quarantined); written atomically when it
+        changed (the old one kept in quarantine)."""
+        tokens = copy.deepcopy(meta["tokens"])
+        files, readable = self._token_files(), {}
+        for tid in sorted(set(files) | {int(t) for t in tokens}):  # first what is gone or unreadable
+            path = files.get(tid)
+            if path is None:
+                del tokens[str(tid)]
+                report.repairs.append(f"dropped token {tid} from the metadata: its file {self.token_path(tid)} is gone")
+                continue
+            try:
+                readable[tid] = self._read_file(path, tid)
+            except DataError as exc:
+                tokens.pop(str(tid), None)
+                self._quarantine(path, f"unreadable ({str(exc).split(': ', 1)[-1]})", report)
+        for tid, (tok, txid) in sorted(readable.items()):  # then the entries, from the files
+            entry, found = tokens.get(str(tid)), self.entry(tok) | {"txid": txid}
+            del found["id"]
+            if entry is not None and all(entry.get(k, "") == found[k] for k in ("txid", "steps", "key", "interval_ms")):
+                continue
+            holder = next((t for t, e in tokens.items() if e.get("key") == tok.key and t != str(tid)), None)
+            if holder is not None:
+                tokens.pop(str(tid), None)
+                self._quarantine(files[tid], f"holds key {tok.key!r}, which token {holder} holds too", report)
+                continue
+            tokens[str(tid)] = found
+            report.repairs.append(
+                f"{'rebuilt' if entry is not None else 'added'} the metadata entry of token {tid} from {files[tid]}"
+            )
+        for p in self._leftovers({self.token_path(t).name for t in self._token_files()}):
+            self._quarantine(p, "left over by an interrupted write (staged, temporary or unknown file)", report)
+        if tokens == meta["tokens"] and self.metadata_path.exists():
+            return meta
+        rebuilt = {
+            "schema_version": SCHEMA_VERSION,
+            "features": list(FEATURES),
+            "index": {e["key"]: int(t) for t, e in sorted(tokens.items(), key=lambda kv: int(kv[0]))},
+            "tokens": dict(sorted(tokens.items(), key=lambda kv: int(kv[0]))),
+        }
+        if self.metadata_path.exists():
+            self._quarantine(self.metadata_path, "the metadata before this repair", report)
+        atomic_write_json(self.metadata_path, rebuilt)
+        return self.metadata()
 
     def _check_token(self, token_id: int, entry: dict[str, Any]) -> list[str]:
         path = self.token_path(token_id)
@@ -510,17 +665,21 @@ class TokenDataManager:
             out.append(f"{path}: volume, liquidity or trade counts are negative")
         return out
 
-    def _check_side_files(self, meta: dict[str, Any]) -> list[str]:
+    def _check_side_files(self, meta: dict[str, Any], repair: StoreCheck | None = None) -> list[str]:
+        """Problems of the split and normalisation files; with a repair report, such a file is quarantined
+        instead (the next training run makes a new split or refits the normalisation)."""
         out = []
         lengths = {int(t): e["steps"] for t, e in meta["tokens"].items()}
+        split_problems = []
         try:
             split = self.load_split()
             for name, ranges in (split or {}).get("ranges", {}).items():
                 for t, (a, b) in ranges.items():
                     if int(t) not in lengths or not 0 <= a <= b <= lengths[int(t)]:
-                        out.append(f"{self.split_path}: {name} range {a}-{b} of token {t} does not fit the store")
+                        split_problems.append(f"{self.split_path}: {name} range {a}-{b} of token {t} does not fit")
         except (PumpcastError, TypeError, ValueError, AttributeError) as exc:
-            out.append(f"{self.split_path}: unreadable ({exc})")
+            split_problems.append(f"{self.split_path}: unreadable ({exc})")
+        norm_problems = []
         try:
             norm = self.load_normalization()
             if norm is not None and not (
@@ -529,9 +688,14 @@ class TokenDataManager:
                 and np.isfinite(norm["target_scale"]).all()
                 and (norm["target_scale"] > 0).all()
             ):
-                out.append(f"{self.normalization_path}: scales must be finite and positive; delete it to refit")
-        except (PumpcastError, ValueError, KeyError) as exc:
-            out.append(f"{self.normalization_path}: unreadable ({exc})")
+                norm_problems.append(f"{self.normalization_path}: scales must be finite and positive; delete it")
+        except (PumpcastError, ValueError, KeyError, IndexError) as exc:
+            norm_problems.append(f"{self.normalization_path}: unreadable ({exc})")
+        for path, found in ((self.split_path, split_problems), (self.normalization_path, norm_problems)):
+            if found and repair is not None:
+                self._quarantine(path, f"{found[0].split(': ', 1)[1]}; the next training run makes a new one", repair)
+            else:
+                out.extend(found)
         return out
 
     # ---------------------------------------------------------------- export

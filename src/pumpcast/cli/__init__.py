@@ -180,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sections={"data": DataConfig})
 
     p = command("check", "verify a store: metadata against token files, shapes, masks, schema, split", commands.check)
-    p.add_argument("--repair", action="store_true", help="also remove files left over by crashed writes")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="also rebuild the metadata from the token files and move what cannot be placed to DIR/quarantine/ "
+        "(nothing is deleted)",
+    )
     add_settings(p, DataConfig, "data", only=("data_dir",))
     p.set_defaults(sections={"data": DataConfig})
 

@@ -81,21 +81,32 @@ def export(args: argparse.Namespace) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Exit status 1 when the store has problems (orphans alone are not problems)."""
-    from pumpcast.store import TokenDataManager
+    """Exit status 1 when the store has problems (leftover files alone are not problems)."""
+    from pumpcast.store import QUARANTINE, TokenDataManager
 
     store = TokenDataManager(_config(args)["data"].data_dir)
     if not store.dir.is_dir():
         raise DataError(f"{store.dir}: no such store directory")
-    problems, orphans = store.check(repair=args.repair)
-    for line in problems:
+    report = store.check(repair=args.repair)
+    for line in report.repairs:
+        print(f"repaired: {line}")
+    for line in report.problems:
         print(f"problem: {line}")
-    for path in orphans:
-        print(f"{'removed' if args.repair else 'orphan'}: {path}")
-    if orphans and not args.repair:
-        print(f"{len(orphans)} file(s) left over by crashed writes; `pumpcast check --repair` removes them")
-    print(f"{store.dir}: {len(store)} token(s), " + (f"{len(problems)} problem(s)" if problems else "consistent"))
-    return 1 if problems else 0
+    for path in report.orphans:
+        print(f"orphan: {path}")
+    if report.orphans:
+        print(
+            f"{len(report.orphans)} file(s) left over by interrupted writes; `pumpcast check --repair` moves them to "
+            f"{store.dir / QUARANTINE}"
+        )
+    if report.quarantined:
+        print(
+            f"{len(report.quarantined)} file(s) in {store.dir / QUARANTINE} (moved there by repairs, never read "
+            "again by pumpcast): look at them, then delete them yourself"
+        )
+    status = f"{len(report.problems)} problem(s)" if report.problems else "consistent"
+    print(f"{store.dir}: {report.tokens} token(s), {status}")
+    return 1 if report.problems else 0
 
 
 def plot(args: argparse.Namespace) -> None:
