@@ -25,6 +25,7 @@ from pumpcast.cli.flags import (
     bounded_int,
     flag_message,
     probability,
+    seconds,
 )
 from pumpcast.config import (
     MAX_FORECAST_STEPS,
@@ -261,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--idle-exit",
-        type=float,
+        type=seconds,
         metavar="SECONDS",
-        help="with --follow FILE: stop after this long without a new line (default: follow for ever)",
+        help="with --follow FILE: stop after this long with nothing new to read (time spent scoring does not "
+        "count; default: follow for ever)",
     )
     p.add_argument("--threshold", type=probability, help="alarm threshold (default: the one chosen on validation)")
     p.add_argument("--output", help="with --input: also write every step's probability and alarms to this CSV")

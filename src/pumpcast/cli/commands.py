@@ -268,11 +268,15 @@ def detect(args: argparse.Namespace) -> None:
     from pumpcast.forecasting import history_array
     from pumpcast.ingest import read_table
 
-    detector = PumpDetector.load(args.load_model, args.threshold)
     if args.follow:
         if args.output:
             raise ConfigError("--output goes with --input; with --follow, redirect the printed alarms", "output")
-        return _follow(detector, args.follow, args.idle_exit)
+        if args.idle_exit is not None and args.follow == "-":
+            raise ConfigError("--idle-exit goes with --follow FILE: standard input ends when its writer closes it")
+        return _follow(PumpDetector.load(args.load_model, args.threshold), args.follow, args.idle_exit)
+    if args.idle_exit is not None:
+        raise ConfigError("--idle-exit goes with --follow FILE; --input is read to its end")
+    detector = PumpDetector.load(args.load_model, args.threshold)
     features, times = history_array(read_table(args.input), name=str(args.input))
     if features.shape[0] < detector.seq_len:
         raise DataError(
@@ -311,7 +315,7 @@ def _follow(detector, source: str, idle_exit: float | None) -> None:
     for r in detect_live(detector, follow_lines(source, idle_exit_s=idle_exit), name=source):
         if r.detection.alarm:
             close = iso(r.close_ms).replace("+00:00", "Z")
-            print(_alarm_line(close, bars, r.detection.probability, detector.threshold), flush=True)
+            print(_alarm_line(close, r.bar.step, r.detection.probability, detector.threshold), flush=True)
             alarms += 1
         bars += 1
     print(
