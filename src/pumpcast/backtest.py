@@ -39,7 +39,7 @@ from pumpcast.detectors import BaselineSet
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster
 from pumpcast.losses import QuantileLoss
-from pumpcast.modelfile import ModelBundle, load_model_file
+from pumpcast.modelfile import ModelBundle, load_model_file, require_store_fit
 from pumpcast.pumps import average_precision, event_metrics, pump_events, pump_labels
 from pumpcast.schema import PRICE, DataError
 from pumpcast.splits import Split, make_split, tokens_with_events
@@ -387,10 +387,40 @@ def summarize(per_token: np.ndarray, horizons: tuple[int, ...], n_boot: int, see
 # --------------------------------------------------------------------------------------------- the run
 
 
-def _fingerprint(cfg: TrainConfig, bt: BacktestConfig) -> str:
-    """What a saved fold was made with: every setting but where the report goes."""
+def _fingerprint(cfg: TrainConfig, bt: BacktestConfig, store: TokenDataManager) -> str:
+    """What a saved fold was made with: every setting but where the report goes, the store's tokens as they
+    are now (key, the write that made it, steps) and the fixed model's bytes, so that a fold saved before the
+    store or the model changed is scored again, never reused for other tokens."""
     settings = to_dict({**cfg.sections(), "backtest": replace(bt, output_dir="")})
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    tokens = {t: [e.get("key"), e.get("txid", ""), e["steps"]] for t, e in store.metadata()["tokens"].items()}
+    model = hashlib.sha256(Path(bt.load_model).read_bytes()).hexdigest() if bt.load_model else ""
+    state = {"settings": settings, "tokens": tokens, "model": model}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _saved_fold(path: Path, fingerprint: str, split: Split, horizons: tuple[int, ...]) -> dict[str, Any] | None:
+    """Fold k's saved result, when it exists, is whole and was made with this fingerprint and split; None
+    (and, for a damaged or inconsistent file, a line saying it is scored again) otherwise."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            return None
+        whole = (
+            saved["test_tokens"] == split.tokens("test")
+            and "events" in saved
+            and len(saved["tokens"]) == len(saved["sums"])
+            and set(saved["tokens"]) <= set(saved["test_tokens"])
+            and all(np.shape(x) == (len(METHODS), len(horizons), len(SUBSETS), len(STATS)) for x in saved["sums"])
+        )
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        log.warning("%s: damaged (%s); scoring this fold again", path, type(exc).__name__)
+        return None
+    if not whole:
+        log.warning("%s: does not match this fold's tokens; scoring this fold again", path)
+        return None
+    return saved
 
 
 def run_fold(
@@ -480,6 +510,10 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
     lengths = store.lengths()
     if not lengths:
         raise DataError(f"{store.dir}: no tokens; ingest or generate data first")
+    if bt.load_model:  # one model scored on every fold: it must read this store's bars
+        require_store_fit(load_model_file(bt.load_model), store, list(lengths))
+    if Path(bt.output_dir).exists() and not Path(bt.output_dir).is_dir():
+        raise DataError(f"{bt.output_dir}: is a file; give output_dir a folder for the backtest's report")
     horizons = bt.horizon_steps()
     with_events = tokens_with_events(store)
     splits = (
@@ -488,17 +522,16 @@ def backtest(cfg: TrainConfig, bt: BacktestConfig) -> dict[str, Any]:
         else time_folds(lengths, bt.folds, cfg.data.val_ratio)
     )
     out = Path(bt.output_dir)
-    fingerprint = _fingerprint(cfg, bt)
+    fingerprint = _fingerprint(cfg, bt, store)
     folds = []
     started = time.perf_counter()
     for k, split in enumerate(splits):
         path = out / "folds" / f"fold{k}.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("fingerprint") == fingerprint:
-                log.info("fold %d/%d: done before, read from %s", k + 1, bt.folds, path)
-                folds.append(saved)
-                continue
+        saved = _saved_fold(path, fingerprint, split, horizons)
+        if saved is not None:
+            log.info("fold %d/%d: done before, read from %s", k + 1, bt.folds, path)
+            folds.append(saved)
+            continue
         result = {**run_fold(k, split, cfg, bt, store, horizons), "fingerprint": fingerprint}
         atomic_write_json(path, result)
         folds.append(result)

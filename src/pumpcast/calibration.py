@@ -33,7 +33,7 @@ import numpy as np
 
 from pumpcast import baselines
 from pumpcast.losses import mean_weights
-from pumpcast.schema import PRICE
+from pumpcast.schema import PRICE, ModelFileError
 
 if TYPE_CHECKING:
     from pumpcast.store import TokenDataManager
@@ -91,11 +91,26 @@ class ForecastCalibration:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ForecastCalibration:
-        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in d.items() if k != "ridge"}
-        return cls(
-            **arrays, ridge=baselines.Ridge(**{k: np.asarray(v, dtype=np.float64) for k, v in d["ridge"].items()})
-        )
+    def from_dict(cls, d: dict[str, Any], horizon: int, where: str = "model file") -> ForecastCalibration:
+        """From the model file, every array checked: finite, and shaped for the model's horizon."""
+        try:
+            arrays = {k: np.asarray(v, dtype=np.float64) for k, v in d.items() if k != "ridge"}
+            ridge = baselines.Ridge(**{k: np.asarray(v, dtype=np.float64) for k, v in d["ridge"].items()})
+            cal = cls(**arrays, ridge=ridge)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{where}: damaged forecast_calibration ({type(exc).__name__}: {exc})") from exc
+        shapes = {"weight": (horizon,), "edges": (2,), "shrink": (horizon, 3), "blend": (horizon, 2)}
+        for name, shape in shapes.items():
+            value = getattr(cal, name)
+            if value.shape != shape or not np.isfinite(value).all():
+                raise ModelFileError(
+                    f"{where}: forecast_calibration.{name} must be {shape} finite numbers for horizon {horizon}; "
+                    "retrain or restore the file"
+                )
+        for f in fields(cal.ridge):
+            if not np.isfinite(getattr(cal.ridge, f.name)).all():
+                raise ModelFileError(f"{where}: forecast_calibration.ridge.{f.name} holds NaN or infinite values")
+        return cal
 
 
 def _pinball(y: np.ndarray, q: np.ndarray, levels: tuple[float, ...]) -> float:

@@ -167,11 +167,16 @@ class Ensemble:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "model file") -> Ensemble:
         try:
-            return cls(
-                str(d["baseline"]), tuple(map(float, d["model_levels"])), tuple(map(float, d["baseline_levels"]))
-            )
+            ens = cls(str(d["baseline"]), tuple(map(float, d["model_levels"])), tuple(map(float, d["baseline_levels"])))
+            if not (np.isfinite(ens.model_levels).all() and np.isfinite(ens.baseline_levels).all()):
+                raise ValueError("levels must be finite numbers")
+            return ens
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: damaged ensemble ({type(exc).__name__}: {exc})") from exc
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float | tuple) and not isinstance(value, bool)
 
 
 C_GRID = (0.01, 0.1, 1.0)
@@ -221,6 +226,10 @@ class BaselineSet:
                     )
                 else:
                     raise ValueError(f"unknown detector kind {kind!r}")
+                if np.isnan(threshold) or not all(np.isfinite(v).all() for v in asdict(det).values() if _numeric(v)):
+                    raise ValueError(f"{name}: threshold {threshold!r} or a parameter is not a number")
+                if isinstance(det, ZScoreDetector) and not (det.window >= 1 and det.floor > 0):
+                    raise ValueError(f"{name}: window {det.window} or floor {det.floor} is not positive")
                 out.detectors[str(name)], out.thresholds[str(name)] = det, threshold
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: damaged baseline detectors ({type(exc).__name__}: {exc})") from exc

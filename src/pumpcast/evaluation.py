@@ -22,6 +22,7 @@ from pumpcast.detection import PumpDetector, event_scores, score_ranges
 from pumpcast.detectors import BaselineSet
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster, origin_windows
+from pumpcast.modelfile import require_store_fit
 from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
 from pumpcast.pumps import event_metrics, is_real, pump_events
 from pumpcast.schema import PRICE, DataError, ModelFileError, TokenSeries
@@ -192,6 +193,7 @@ def evaluate_store(
         raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
     if not split.tokens("test"):
         raise DataError(f"split {split.strategy!r} has no test tokens; evaluate needs a split with a test part")
+    require_store_fit(forecaster.bundle, store, split.tokens("test"))
     detector = PumpDetector(forecaster.bundle)
     pump = detector.calibration
     K = pump.horizon
@@ -319,6 +321,7 @@ def run_test(forecaster: Forecaster, store: TokenDataManager, split: Split, test
             print(f"{name:>5}: tokens {split.tokens(name)}")
         print(f"wrote {path}")
     tokens = test.tokens() or split.tokens("test")[:1]
+    require_store_fit(forecaster.bundle, store, tokens)
     longest = max(test.forecast, test.forecast_extended)
     log.info("forecasting %d steps from the start of the test part of token(s) %s", longest, tokens)
     items = forecast_test_tokens(forecaster, store, split, tokens, longest)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
 from pumpcast.losses import get_loss, mean_weights
-from pumpcast.modelfile import ModelBundle
+from pumpcast.modelfile import ModelBundle, require_fit
 from pumpcast.onnxfile import load_bundle
 from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, ConfigError, DataError
 from pumpcast.windows import LEVEL, relative, to_base
@@ -182,10 +182,7 @@ class Forecaster:
         arrays, times = [], []
         for h, name in zip(histories, names, strict=True):
             arr, t = history_array(h, name=name)
-            if arr.shape[0] < self.seq_len:
-                raise DataError(
-                    f"{name}: has {arr.shape[0]} steps; this model needs at least seq_length={self.seq_len}"
-                )
+            require_fit(self.bundle, name, interval_ms=history_interval(t), steps=arr.shape[0])
             arrays.append(arr[-self.seq_len :])
             times.append(t)
         bands, mean = self.forecast(np.stack(arrays), steps)  # (B, steps, 6, K), (B, steps)
@@ -280,6 +277,14 @@ def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> 
         row, col = (int(v[0]) for v in np.nonzero(np.isinf(values)))
         raise DataError(f"{name}: column {FEATURES[col]!r} row {row + 2} is infinite")
     return values, times
+
+
+def history_interval(times: pd.Series | None) -> int | None:
+    """The bar length (ms) of a history's times (evenly spaced: history_array checks it); None without times
+    or with a single bar."""
+    if times is None or len(times) < 2:
+        return None
+    return int((times.iloc[1] - times.iloc[0]) / pd.Timedelta(milliseconds=1))
 
 
 def _history_times(column: pd.Series, name: str) -> pd.Series:

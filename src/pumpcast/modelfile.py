@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from pumpcast.calibration import ForecastCalibration
+from pumpcast.detectors import BaselineSet, Ensemble
 from pumpcast.files import atomic_write
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.pumps import PumpCalibration
-from pumpcast.schema import FEATURES, ConfigError, ModelFileError
+from pumpcast.schema import FEATURES, ConfigError, DataError, ModelFileError
 from pumpcast.windows import Normalizer
 
 FORMAT_VERSION = 3
@@ -65,6 +66,7 @@ class ModelBundle:
     # long rollouts scale the c-th pass's price moves by rollout_damping**c (chosen on validation data)
     rollout_damping: float = 1.0
     forecast_calibration: ForecastCalibration | None = None
+    source: str = ""  # the file it was loaded from (for messages; not stored)
 
     @property
     def config(self) -> ModelConfig:
@@ -74,6 +76,32 @@ class ModelBundle:
     def has_pump_head(self) -> bool:
         """Whether the model has a pump head calibrated on validation data."""
         return self.config.pump_head and self.pump is not None
+
+
+def duration_text(ms: int) -> str:
+    """60000 -> '60 s', 3600000 -> '3600 s': bar lengths as messages give them."""
+    return f"{ms / 1000:g} s"
+
+
+def require_fit(bundle: ModelBundle, name: str, interval_ms: int | None = None, steps: int | None = None) -> None:
+    """Refuse data the model was not made for, in one line naming both: bars of another length than the model
+    was trained on (a step would mean another duration), or fewer bars than its window. The one check that
+    predict, detect, follow, evaluate, test and backtest make before they use a model on data."""
+    model = bundle.source or "the model"
+    if interval_ms is not None and int(interval_ms) != bundle.data.interval_ms:
+        raise DataError(
+            f"{name}: bars of {duration_text(interval_ms)}, but {model} was trained on bars of "
+            f"{duration_text(bundle.data.interval_ms)}; give it bars of its interval (ingest --interval) or train a "
+            "model on these"
+        )
+    if steps is not None and steps < bundle.config.seq_len:
+        raise DataError(f"{name}: has {steps} bars; {model} reads seq_length={bundle.config.seq_len} bars")
+
+
+def require_store_fit(bundle: ModelBundle, store: Any, token_ids: list[int]) -> None:
+    """require_fit for stored tokens (a TokenDataManager): the first token of another bar length is named."""
+    for t, ms in sorted(store.intervals(token_ids).items()):
+        require_fit(bundle, f"{store.dir}: token {t}", interval_ms=ms)
 
 
 def _plain(obj: Any) -> Any:
@@ -169,7 +197,9 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def bundle_from_payload(payload: dict[str, Any], model: Any, path: Path) -> ModelBundle:
-    """A bundle from a (migrated) payload and its network, every part checked; one-line errors name path."""
+    """A bundle from a (migrated) payload and its network, every part and value checked: a value the file may
+    not hold (a NaN threshold, a damping of 5, a negative interval) is a one-line error naming the file and
+    the field, never a silent wrong result or an error about a flag the user did not pass."""
     try:
         if tuple(payload["features"]) != FEATURES:
             raise ModelFileError(
@@ -179,18 +209,46 @@ def bundle_from_payload(payload: dict[str, Any], model: Any, path: Path) -> Mode
         center, scale = np.asarray(norm["center"], dtype=np.float64), np.asarray(norm["scale"], dtype=np.float64)
         if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise ModelFileError(f"{path}: its normalisation must be finite with positive scales; retrain the model")
+        data = DataInfo.from_dict(payload.get("data_config", {}))
+        damping = payload.get("rollout_damping", 1.0)
+        metrics = payload.get("metrics", {})
+        for name, value, ok, rule in (
+            ("data_config.interval_ms", data.interval_ms, _positive_int(data.interval_ms), "a bar length in ms > 0"),
+            ("rollout_damping", damping, _number(damping) and 0.0 <= damping <= 1.0, "a number in [0, 1]"),
+            ("metrics", metrics, isinstance(metrics, dict) and all(map(_number, metrics.values())), "numbers"),
+        ):
+            if not ok:
+                raise ModelFileError(f"{path}: {name} is {value!r}, it must be {rule}; retrain or restore the file")
         pump, calibration = payload.get("pump"), payload.get("forecast_calibration")
+        pump = PumpCalibration.from_dict(pump, str(path)) if pump is not None else None
+        if pump is not None:  # the baselines and the ensemble are parsed where they are used; checked here
+            BaselineSet.from_dict(pump.baselines, str(path))
+            if pump.ensemble:
+                Ensemble.from_dict(pump.ensemble, str(path))
         return ModelBundle(
             model=model,
             normalizer=Normalizer(center, scale),
-            data=DataInfo.from_dict(payload.get("data_config", {})),
-            metrics=payload.get("metrics", {}),
+            data=data,
+            metrics=metrics,
             features=tuple(payload["features"]),
-            pump=PumpCalibration.from_dict(pump, str(path)) if pump is not None else None,
-            rollout_damping=float(payload.get("rollout_damping", 1.0)),
-            forecast_calibration=ForecastCalibration.from_dict(calibration) if calibration is not None else None,
+            pump=pump,
+            rollout_damping=float(damping),
+            forecast_calibration=(
+                ForecastCalibration.from_dict(calibration, model.config.horizon, str(path))
+                if calibration is not None
+                else None
+            ),
+            source=str(path),
         )
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: damaged model file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -42,7 +42,7 @@ def export_onnx(bundle: ModelBundle, path: str | Path) -> Path:
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     outputs = ["forecast", "pump_logits"] if bundle.config.pump_head else ["forecast"]
     program = torch.onnx.export(
-        _Outputs(model),
+        _Outputs(model).eval(),
         example,
         input_names=["x", "mask"],
         output_names=outputs,
@@ -54,8 +54,42 @@ def export_onnx(bundle: ModelBundle, path: str | Path) -> Path:
     meta = proto.metadata_props.add()
     meta.key, meta.value = METADATA_KEY, json.dumps(bundle_payload(bundle))
     path = Path(path)
-    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)), suffix=".onnx")
+
+    def write(tmp: Path) -> None:
+        onnx.save(proto, str(tmp))
+        _verify(OnnxNetwork(tmp, bundle.config), model, path)
+
+    atomic_write(path, write, suffix=".onnx")
     return path
+
+
+#: Batch sizes an export is checked at (a live bar, the network's scoring batch, an odd forecast batch).
+VERIFY_BATCHES = (1, 3, 32)
+
+
+@torch.inference_mode()
+def _verify(network: OnnxNetwork, model: torch.nn.Module, path: Path) -> None:
+    """An export is a model that works: the ONNX graph must give the torch network's outputs (within 1e-4 of
+    their scale) at several batch sizes, with absent values in the mask, or nothing is written."""
+    L, F = model.config.seq_len, model.config.n_features
+    gen = torch.Generator().manual_seed(0)
+    for b in VERIFY_BATCHES:
+        x = torch.randn(b, L, F, generator=gen)
+        mask = torch.rand(b, L, F, generator=gen) > 0.2
+        try:
+            got = network(x, mask)
+        except Exception as exc:  # onnxruntime raises its own types
+            raise ModelFileError(
+                f"{path}: the exported network fails on a batch of {b} ({type(exc).__name__}); not written"
+            ) from exc
+        want = model(x, mask)
+        for name, a, w in zip(("forecast", "pump_logits"), got, want, strict=True):
+            if (a is None) != (w is None) or (
+                w is not None and (a.shape != w.shape or not torch.allclose(a, w, rtol=1e-4, atol=1e-4))
+            ):
+                raise ModelFileError(
+                    f"{path}: the exported network's {name} differs from the model's on a batch of {b}; not written"
+                )
 
 
 class _Outputs(torch.nn.Module):

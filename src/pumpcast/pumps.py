@@ -261,4 +261,16 @@ class PumpCalibration:
             raise ModelFileError(f"{where}: damaged pump calibration ({type(exc).__name__}: {exc})") from exc
         if len(cal.calibration) != len(PUMP_TARGETS) or cal.alarm_output not in PUMP_TARGETS:
             raise ModelFileError(f"{where}: damaged pump calibration (outputs or alarm_output)")
+        ensemble_threshold = float(cal.ensemble.get("threshold", 0.0)) if cal.ensemble else 0.0
+        for name, value, ok, rule in (
+            ("pump.horizon", cal.horizon, cal.horizon >= 1, "a number of steps >= 1"),
+            ("pump.calibration", cal.calibration, np.isfinite(cal.calibration).all(), "finite Platt parameters"),
+            ("pump.threshold", cal.threshold, 0.0 <= cal.threshold <= 1.0 or cal.threshold == np.inf,
+             "a probability in [0, 1] (or inf: no alarms)"),
+            ("pump.max_false_alarms_per_day", cal.max_false_alarms_per_day,
+             0.0 < cal.max_false_alarms_per_day < np.inf, "a positive number"),
+            ("pump.ensemble.threshold", ensemble_threshold, ensemble_threshold >= 0.0, "a surprise >= 0 (or inf)"),
+        ):
+            if not ok:
+                raise ModelFileError(f"{where}: {name} is {value!r}, it must be {rule}; retrain or restore the file")
         return cal

@@ -210,6 +210,12 @@ class TokenDataManager:
     def token_path(self, token_id: int) -> Path:
         return self.sequences / f"token_{token_id}.h5"
 
+    def intervals(self, token_ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Bar length (ms) of the given tokens (default: all), from the metadata."""
+        tokens = self.metadata()["tokens"]
+        ids = [int(t) for t in tokens] if token_ids is None else [int(t) for t in token_ids]
+        return {t: int(tokens[str(t)]["interval_ms"]) for t in ids if str(t) in tokens}
+
     def lengths(self) -> dict[int, int]:
         """Steps per token, from the metadata (no HDF5 reads)."""
         return {int(i): int(t["steps"]) for i, t in self.metadata()["tokens"].items()}

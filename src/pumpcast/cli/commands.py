@@ -200,7 +200,7 @@ def _train_and_test(cfg: TrainConfig, tracking: TrackingConfig, test: TestConfig
 def _test_saved_model(data, test: TestConfig, tracking: TrackingConfig) -> None:
     """Test mode: the saved model on the store (made if empty) and the split it was trained with."""
     from pumpcast.forecasting import Forecaster
-    from pumpcast.modelfile import load_model_file
+    from pumpcast.modelfile import load_model_file, require_store_fit
     from pumpcast.simulator import ensure_store
     from pumpcast.splits import resolve_split
     from pumpcast.tracking import Tracker
@@ -212,6 +212,7 @@ def _test_saved_model(data, test: TestConfig, tracking: TrackingConfig) -> None:
         bundle = replace(bundle, rollout_damping=test.rollout_damping)
     store = ensure_store(data)
     split = resolve_split(store, data, reuse="same-strategy")
+    require_store_fit(bundle, store, test.tokens() or split.tokens("test"))  # before a tracking run starts
     tracker = Tracker(tracking)
     with tracker.run("test", tags={"pumpcast.command": "test"}):
         _run_test(Forecaster(bundle), store, split, test, tracker)
@@ -242,6 +243,7 @@ def _run_test(forecaster, store, split, test: TestConfig, tracker) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from pumpcast.evaluation import evaluate_store
     from pumpcast.forecasting import Forecaster
+    from pumpcast.modelfile import require_store_fit
     from pumpcast.splits import resolve_split
     from pumpcast.store import TokenDataManager
     from pumpcast.tracking import Tracker, flatten
@@ -250,6 +252,7 @@ def evaluate(args: argparse.Namespace) -> None:
     store = TokenDataManager(conf["data"].data_dir)
     split = resolve_split(store, conf["data"], reuse="required")
     forecaster = Forecaster.load(args.load_model)
+    require_store_fit(forecaster.bundle, store, split.tokens("test"))  # before a tracking run starts
     tracker = Tracker(conf["tracking"])
     with tracker.run("evaluate", tags={"pumpcast.command": "evaluate"}):
         report = evaluate_store(forecaster, store, split, args.output_dir, args.steps, args.origin_every)
@@ -265,8 +268,9 @@ def detect(args: argparse.Namespace) -> None:
 
     from pumpcast.detection import PumpDetector
     from pumpcast.files import atomic_write
-    from pumpcast.forecasting import history_array
+    from pumpcast.forecasting import history_array, history_interval
     from pumpcast.ingest import read_table
+    from pumpcast.modelfile import require_fit
 
     if args.follow:
         if args.output:
@@ -278,10 +282,7 @@ def detect(args: argparse.Namespace) -> None:
         raise ConfigError("--idle-exit goes with --follow FILE; --input is read to its end")
     detector = PumpDetector.load(args.load_model, args.threshold)
     features, times = history_array(read_table(args.input), name=str(args.input))
-    if features.shape[0] < detector.seq_len:
-        raise DataError(
-            f"{args.input}: has {features.shape[0]} bars; this model scores from seq_length={detector.seq_len} bars on"
-        )
+    require_fit(detector.bundle, str(args.input), interval_ms=history_interval(times), steps=features.shape[0])
     p = detector.score(features)  # step t from the window that ends at t, as `update` gives it bar by bar
     onsets = detector.alarms(p)
     # an alarm can be raised only when its bar has closed: it is labelled with the close time
