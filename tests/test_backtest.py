@@ -22,6 +22,7 @@ from pumpcast.losses import QuantileLoss, mean_weights
 from pumpcast.model import PumpcastTransformer
 from pumpcast.modelfile import ModelBundle, load_model_file, save_model_file
 from pumpcast.plots import plot_forecasts
+from pumpcast.simulator import generate_to_store
 from pumpcast.splits import make_split
 from pumpcast.store import TokenDataManager
 from pumpcast.windows import Normalizer
@@ -293,6 +294,29 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
     assert main(argv) == 0
     assert (out / "folds" / "fold0.pth").stat().st_mtime_ns == stamp
     assert json.loads((out / "backtest.json").read_text())["metrics"] == report["metrics"]
+    # a damaged or inconsistent fold file is scored again, said in one line, never a traceback
+    (out / "folds" / "fold1.json").write_text('{"fingerprint": "')
+    stamp1 = (out / "folds" / "fold1.pth").stat().st_mtime_ns
+    assert main(argv[1:]) == 0
+    assert "fold1.json: damaged (JSONDecodeError); scoring this fold again" in capsys.readouterr().err
+    assert (out / "folds" / "fold0.pth").stat().st_mtime_ns == stamp
+    assert (out / "folds" / "fold1.pth").stat().st_mtime_ns != stamp1
+    assert json.loads((out / "backtest.json").read_text())["metrics"] == report["metrics"]  # deterministic
+    (tmp_path / "a-file").write_text("x")
+    assert main([*argv, "--output-dir", str(tmp_path / "a-file")]) == 2
+    assert "a-file: is a file" in capsys.readouterr().err
+
+
+def test_a_resumed_backtest_notices_that_the_store_changed(tmp_path):
+    from pumpcast.backtest import _fingerprint
+
+    generate_to_store(tmp_path / "s", num_tokens=4, timesteps=200, seed=0)
+    store = TokenDataManager(tmp_path / "s")
+    cfg, bt = TrainConfig(data=DataConfig(data_dir=str(store.dir))), BacktestConfig()
+    before = _fingerprint(cfg, bt, store)
+    assert _fingerprint(cfg, bt, store) == before
+    generate_to_store(tmp_path / "s", num_tokens=1, timesteps=200, seed=0)  # token 0 rewritten, same data
+    assert _fingerprint(cfg, bt, store) != before  # a new write: the folds are scored again
 
 
 def test_metrics_from_sums():

@@ -259,3 +259,55 @@ def test_gzip_csv_with_iso_time_and_seconds(tmp_path):
     [bars] = trades_to_bars(path, symbol="XYZ/USD")
     np.testing.assert_allclose(bars.features[:, :2], [[2, 4], [3, 6]])
     assert bars.symbol == "XYZ/USD"
+
+
+def test_predict_over_a_folder_checks_every_history_before_writing(tmp_path, capsys, store_dir):
+    from pumpcast.model import ModelConfig, PumpcastTransformer
+    from pumpcast.modelfile import ModelBundle, save_model_file
+    from pumpcast.windows import Normalizer
+
+    config = ModelConfig(seq_len=64, horizon=4, patch_len=8, embed_size=16, nhead=2, dim_feedforward=32)
+    model = save_model_file(ModelBundle(PumpcastTransformer(config).eval(), Normalizer.identity()), tmp_path / "m.pth")
+    folder = tmp_path / "histories"
+    folder.mkdir()
+    for t in (0, 1):
+        TokenDataManager(store_dir).export_csv(t, folder / f"a{t}.csv")
+    bad = pd.read_csv(folder / "a1.csv")
+    bad.loc[100, "price"] = -1.0
+    bad.to_csv(folder / "b_bad.csv", index=False)
+    out = tmp_path / "forecasts"
+    argv = ["predict", "--load-model", str(model), "--input", str(folder), "--steps", "5", "--output", str(out)]
+    _fails_cleanly(capsys, store_dir, argv, "b_bad.csv", "row 102")
+    assert not out.exists()  # nothing written: the bad history was found before any forecast
+    (folder / "b_bad.csv").unlink()
+    assert main(argv) == 0 and len(list(out.iterdir())) == 2
+
+
+def test_config_files_that_are_not_text_or_nested_too_deep(capsys, store_dir, tmp_path):
+    binary = tmp_path / "c.json"
+    binary.write_bytes(b'{"data": {"seed": 1}}\xff\xfe')
+    _fails_cleanly(capsys, store_dir, ["train", "--config", str(binary)], "c.json", "not UTF-8")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 10_000 + "]" * 10_000)
+    _fails_cleanly(capsys, store_dir, ["train", "--config", str(deep)], "deep.json", "nested too deep")
+
+
+@pytest.mark.parametrize("kind", ["Pump", "pnd", ""])
+def test_events_of_an_unknown_type_are_refused(capsys, store_dir, tmp_path, binance_dir, kind):
+    events = tmp_path / "events.csv"
+    events.write_text(f"symbol,time,type\nMTH,2021-07-27T17:00:00Z,{kind}\n")
+    argv = ["ingest", "trades", str(binance_dir / "MTH_2021-07-27_17.00.csv.gz"), "--events", str(events)]
+    _fails_cleanly(capsys, store_dir, [*argv, "--data-dir", str(store_dir)], "events.csv", "row 2", "pump_and_dump")
+
+
+def test_check_of_a_store_without_sequences_or_with_a_journal_without_metadata(capsys, store_dir):
+    import shutil
+
+    shutil.move(store_dir / "sequences", store_dir.parent / "elsewhere")
+    assert main(["check", "--data-dir", str(store_dir)]) == 1
+    out = capsys.readouterr()
+    assert "token 0's file is missing" in out.out and "Traceback" not in out.err
+    shutil.move(store_dir.parent / "elsewhere", store_dir / "sequences")
+    (store_dir / ".transaction.json").write_text('{"txid": "x", "renames": {}}')
+    assert main(["check", "--data-dir", str(store_dir)]) == 1
+    assert "holds no metadata" in capsys.readouterr().out

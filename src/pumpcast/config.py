@@ -504,9 +504,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """A JSON (.json) or TOML (.toml) file holding one object of settings."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})", "config") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1}); save the config as UTF-8", "config") from exc
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -516,6 +518,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             values = json.loads(text)
     except ImportError as exc:
         raise ConfigError(f"{path}: TOML needs Python 3.11 or newer; write the config as JSON", "config") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deep for a config file (settings are two levels)", "config") from exc
     except ValueError as exc:
         raise ConfigError(
             f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})", "config"

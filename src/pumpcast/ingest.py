@@ -17,6 +17,7 @@ import pandas as pd
 
 from pumpcast.schema import (
     BUYS,
+    EVENT_TYPES,
     EXTRA_FEATURES,
     FEATURES,
     LIQUIDITY,
@@ -570,7 +571,14 @@ def read_events(path: str | Path) -> pd.DataFrame:
             f"{path}: an events file needs a symbol (or key) column and a time column; columns are {list(df.columns)}"
         )
     out = pd.DataFrame({"symbol": df[sym_col].astype(str), "time_ms": _timestamps_ms(df[time_col], path, time_col)})
-    out["type"] = df[lower["type"]].astype(str) if "type" in lower else "pump_and_dump"
+    out["type"] = df[lower["type"]].astype(str).str.strip() if "type" in lower else "pump_and_dump"
+    unknown = ~out["type"].isin(EVENT_TYPES)
+    if unknown.any():  # an event of an unknown type would be stored and then counted by nothing
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(
+            f"{path}: column {lower['type']!r} row {row + 2} is {out['type'].iloc[row]!r}, not an event type pumpcast "
+            f"knows ({', '.join(EVENT_TYPES)}); write pump_and_dump for pumps"
+        )
     end_col = next((lower[c] for c in ("end", "end_time") if c in lower), None)
     out["end_ms"] = _timestamps_ms(df[end_col], path, end_col) if end_col else -1
     return out

@@ -338,8 +338,9 @@ def export_model(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> None:
     from pumpcast.files import atomic_write
-    from pumpcast.forecasting import Forecaster
+    from pumpcast.forecasting import Forecaster, history_array, history_interval
     from pumpcast.ingest import read_table
+    from pumpcast.modelfile import require_fit
 
     damping = _config(args)["test"].rollout_damping
     source = Path(args.input)
@@ -353,10 +354,23 @@ def predict(args: argparse.Namespace) -> None:
     forecaster = Forecaster.load(args.load_model)
     if damping is not None:
         forecaster = Forecaster(replace(forecaster.bundle, rollout_damping=damping))
+    tails = []  # every history read and checked before any forecast is written; only its last window is kept
+    for p in inputs:
+        frame = read_table(p)
+        _, times = history_array(frame, name=str(p))
+        require_fit(forecaster.bundle, str(p), interval_ms=history_interval(times), steps=len(frame))
+        tails.append(frame.tail(forecaster.seq_len).reset_index(drop=True))
+    written = 0
     for i in range(0, len(inputs), PREDICT_BATCH):  # bounded memory, however large the folder
         chunk = inputs[i : i + PREDICT_BATCH]
-        forecasts = forecaster.predict([read_table(p) for p in chunk], args.steps, names=[str(p) for p in chunk])
+        forecasts = forecaster.predict(tails[i : i + PREDICT_BATCH], args.steps, names=[str(p) for p in chunk])
         for frame, out in zip(forecasts, outputs[i : i + PREDICT_BATCH], strict=True):
-            atomic_write(out, lambda tmp, f=frame: f.to_csv(tmp, **CSV), suffix=".csv")
+            try:
+                atomic_write(out, lambda tmp, f=frame: f.to_csv(tmp, **CSV), suffix=".csv")
+            except (OSError, DataError) as exc:
+                raise DataError(
+                    f"{out}: cannot be written ({exc}); {written} of {len(outputs)} forecast(s) were written before it"
+                ) from exc
+            written += 1
     shown = ", ".join(str(o) for o in outputs[:5]) + (" ..." if len(outputs) > 5 else "")
     print(f"wrote {len(outputs)} forecast(s) of {args.steps} steps: {shown}")
