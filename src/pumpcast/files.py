@@ -1,6 +1,7 @@
 """Writing files so that a crash never leaves one half-written: a temporary name in the same folder, then an
 atomic rename. Every file pumpcast writes (store, model file, reports, forecasts, checkpoints' side files)
-goes through here."""
+goes through here. Also the one containment check for names read from files (`inside`) and the pause points
+at which crash tests kill a writer (`pause_point`)."""
 
 from __future__ import annotations
 

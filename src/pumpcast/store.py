@@ -11,7 +11,11 @@ and the new metadata), then applies it (renames, metadata) and removes the journ
 journal leaves the old store (the staged files are orphans that the next writer or `check` removes); a
 crash after it leaves a committed write that readers already see and the next writer or `check` finishes.
 Every token file records the transaction that wrote it, and readers compare it with the metadata, so a
-reader never mixes an old metadata entry with a new file. One writer at a time holds the lock file.
+reader never mixes an old metadata entry with a new file. One writer at a time holds the lock file. A journal
+is applied only when it renames staged token files of sequences/ onto token files of sequences/.
+
+`check(repair=True)` never deletes: it rebuilds the metadata from the token files and moves what it cannot
+place into DIR/quarantine/<time>-<id>/, which nothing reads again.
 """
 
 from __future__ import annotations
