@@ -186,3 +186,21 @@ def test_every_onnx_export_gives_what_its_pth_gives(tmp_path, capsys, shape):
         live = PumpDetector.load(onnx_path)
         got = [live.update(bar).probability for bar in feats]
         np.testing.assert_allclose(got, PumpDetector.load(onnx_path).score(feats), rtol=1e-6, atol=1e-7)
+
+
+def test_a_detector_never_moves_the_network_it_shares_with_a_forecaster(tmp_path, monkeypatch):
+    """A Forecaster on a GPU shares its network with the PumpDetector that predict builds for the pump
+    probability; the detector moving it to the CPU in place broke the forecaster's next call. Tested without a
+    GPU: any move of the shared network fails the test."""
+    forecaster = Forecaster(_bundle())
+
+    def moved(*args, **kwargs):
+        raise AssertionError(f"the shared network was moved: to{args}")
+
+    monkeypatch.setattr(forecaster.bundle.model, "to", moved)
+    monkeypatch.setattr(forecaster.bundle.model, "cpu", moved)
+    history = pd.read_csv(_history(tmp_path, "1min"))
+    [frame] = forecaster.predict([history], steps=5)
+    assert "pump_probability" in frame and np.isfinite(frame["pump_probability"]).all()
+    [again] = forecaster.predict([history], steps=5)
+    pd.testing.assert_frame_equal(frame, again)

@@ -111,14 +111,18 @@ class PumpDetector:
     arrive one at a time (it keeps the last seq_len bars and whether the alarm is raised).
     """
 
-    def __init__(self, bundle: ModelBundle, threshold: float | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, bundle: ModelBundle, threshold: float | None = None, device: str | torch.device | None = None):
+        """device None leaves the network where it is: a detector may share it with a Forecaster (on a GPU, say)
+        and must not move it under that forecaster's feet; the windows go to the network's device."""
         if not bundle.has_pump_head:
             raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
         assert bundle.pump is not None
         self.bundle = bundle
         self.calibration: PumpCalibration = bundle.pump
         self.threshold = self.calibration.threshold if threshold is None else float(threshold)
-        bundle.model.to(torch.device(device)).eval()
+        if device is not None:
+            bundle.model.to(torch.device(device))
+        bundle.model.eval()
         self.seq_len = bundle.config.seq_len
         self.reset()
 

@@ -14,6 +14,7 @@ Signature (B = any batch size, L = seq_len, H = horizon, K = outputs per value o
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ def export_onnx(bundle: ModelBundle, path: str | Path) -> Path:
     """Write the bundle's network and its metadata as an ONNX file (atomically)."""
     import onnx
 
-    model = bundle.model.cpu().eval()
+    model = copy.deepcopy(bundle.model).cpu().eval()  # a copy: the bundle's network stays on its device
     L = bundle.config.seq_len
     example = (
         torch.zeros(2, L, bundle.config.n_features),
