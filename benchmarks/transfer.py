@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pumpcast.backtest import METHODS, SUBSETS, metrics, per_token_sums, scored_steps
 from pumpcast.cli import main as pumpcast
-from pumpcast.pumps import average_precision
+from pumpcast.metrics import average_precision, scored_steps
+from pumpcast.scoring import METHODS, SUBSETS, FoldScores, method_metrics, per_token_sums
 from pumpcast.store import TokenDataManager
 
 
-def folds(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "folds").glob("fold*.json"))]
+def folds(out: Path, horizons: list[int]) -> list[FoldScores]:
+    files = sorted((out / "folds").glob("fold*.json"))
+    return [FoldScores.from_json(json.loads(p.read_text()), tuple(horizons)) for p in files]
 
 
 def interval(values: np.ndarray, digits: int) -> str:
@@ -40,14 +41,14 @@ def interval(values: np.ndarray, digits: int) -> str:
 
 def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int, seed: int) -> str:
     """Markdown tables of both arms and their paired bootstrap differences."""
-    fa, fb = folds(real_only), folds(pretrained)
+    fa, fb = folds(real_only, horizons), folds(pretrained, horizons)
     ta, a = per_token_sums(fa)
     tb, b = per_token_sums(fb)
     assert ta == tb, "the two backtests tested other tokens: rerun with the same store, folds and seed"
     rng = np.random.default_rng(seed)
     draws = [np.arange(len(ta))] + [rng.integers(0, len(ta), len(ta)) for _ in range(n_boot)]
-    pa = np.stack([metrics(a[d].sum(0))["pinball"] for d in draws])  # (draws, methods, H, subsets)
-    pb = np.stack([metrics(b[d].sum(0))["pinball"] for d in draws])
+    pa = np.stack([method_metrics(a[d].sum(0))["pinball"] for d in draws])  # (draws, methods, H, subsets)
+    pb = np.stack([method_metrics(b[d].sum(0))["pinball"] for d in draws])
     lines = [
         f"Mean pinball loss (x 1e4; lower is better) over {len(ta)} test tokens; difference = pretrained - real "
         "only, relative, with its 95% paired bootstrap interval:",
@@ -71,8 +72,8 @@ def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int,
         "| detector | real only | pretrained | difference |",
         "|---|---|---|---|",
     ]
-    rows_a = {name: {r["token"]: r for f in fa for r in (f.get("events") or {}).get(name, [])} for name in _names(fa)}
-    rows_b = {name: {r["token"]: r for f in fb for r in (f.get("events") or {}).get(name, [])} for name in _names(fb)}
+    rows_a = {name: {r.token: r for f in fa for r in (f.events or {}).get(name, [])} for name in _names(fa)}
+    rows_b = {name: {r.token: r for f in fb for r in (f.events or {}).get(name, [])} for name in _names(fb)}
     for name in rows_a:
         if name not in rows_b:
             continue
@@ -86,8 +87,8 @@ def compare(real_only: Path, pretrained: Path, horizons: list[int], n_boot: int,
     return "\n".join(lines)
 
 
-def _names(fs: list[dict]) -> list[str]:
-    return sorted({name for f in fs for name in (f.get("events") or {})})
+def _names(fs: list[FoldScores]) -> list[str]:
+    return sorted({name for f in fs for name in (f.events or {})})
 
 
 def _auprc(labels: list[np.ndarray], scores: list[np.ndarray], draw: np.ndarray) -> float:

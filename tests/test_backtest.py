@@ -12,16 +12,18 @@ import torch
 from helpers import TINY_MODEL
 
 from pumpcast import baselines
-from pumpcast.backtest import METHODS, STATS, forecast_stats, metrics, time_folds, token_folds
+from pumpcast.backtest import time_folds, token_folds
 from pumpcast.calibration import ForecastCalibration, context_stats, fit_calibration
 from pumpcast.cli import main
 from pumpcast.config import PRESETS, BacktestConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from pumpcast.evaluation import _panel, forecast_test_tokens
 from pumpcast.forecasting import Forecaster, long_format
 from pumpcast.losses import QuantileLoss, mean_weights
+from pumpcast.metrics import FORECAST_STATS, forecast_sums
 from pumpcast.model import PumpcastTransformer
 from pumpcast.modelfile import ModelBundle, load_model_file, save_model_file
 from pumpcast.plots import plot_forecasts
+from pumpcast.scoring import METHODS, method_metrics
 from pumpcast.simulator import generate_to_store
 from pumpcast.splits import make_split
 from pumpcast.store import TokenDataManager
@@ -130,10 +132,11 @@ def test_forecast_stats_count_direction_and_coverage_as_documented():
     actual = np.array([0.0, 0.01, -0.02, 0.03, np.nan])
     mean = np.array([0.5, 0.02, 0.01, 0.0, 1.0])
     q = np.tile(np.array(LEVELS) - 0.5, (5, 1)) * 0.05  # central 80%: +-0.02
-    s = dict(zip(STATS, forecast_stats(actual, np.zeros(5), mean, q, LEVELS), strict=True))
+    s = dict(zip(FORECAST_STATS, forecast_sums(actual, np.zeros(5), mean, q, LEVELS), strict=True))
     assert s["n"] == 4  # the unknown outcome is left out
     assert s["dir"] == 0.5 + 1 + 0 + 0.5  # no move (either side) counts one half
     assert s["cov80"] == 3 and s["abs"] == pytest.approx(0.06)
+    assert s["width80"] == pytest.approx(4 * 0.04)  # the 0.1-0.9 interval of each known outcome
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -298,7 +301,7 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
     (out / "folds" / "fold1.json").write_text('{"fingerprint": "')
     stamp1 = (out / "folds" / "fold1.pth").stat().st_mtime_ns
     assert main(argv[1:]) == 0
-    assert "fold1.json: damaged (JSONDecodeError); scoring this fold again" in capsys.readouterr().err
+    assert "fold1.json: damaged or of another format (JSONDecodeError); scoring" in capsys.readouterr().err
     assert (out / "folds" / "fold0.pth").stat().st_mtime_ns == stamp
     assert (out / "folds" / "fold1.pth").stat().st_mtime_ns != stamp1
     assert json.loads((out / "backtest.json").read_text())["metrics"] == report["metrics"]  # deterministic
@@ -320,11 +323,11 @@ def test_a_resumed_backtest_notices_that_the_store_changed(tmp_path):
 
 
 def test_metrics_from_sums():
-    sums = np.zeros((len(METHODS), 1, 2, len(STATS)))
+    sums = np.zeros((len(METHODS), 1, 2, len(FORECAST_STATS)))
     sums[..., 0] = 10
     sums[..., 1] = 2.0
     sums[METHODS.index("model"), ..., 1] = 1.5
-    m = metrics(sums)
+    m = method_metrics(sums)
     assert m["skill"][METHODS.index("model"), 0, 0] == pytest.approx(0.25)
     assert m["mae"][METHODS.index("model"), 0, 0] == pytest.approx(0.15)
 

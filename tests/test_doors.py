@@ -66,7 +66,7 @@ FLAG_CASES = [
     (["predict", "--load-model", "m", "--input", "h", "--output", "o", "--steps", "0"], "--steps: 0 is outside"),
     (["predict", "--load-model", "m", "--input", "h", "--output", "o", "--steps", "2000000000"], "outside [1, 100000]"),
     (["detect", "--load-model", "m", "--input", "h", "--threshold", "nan"], "not a probability"),
-    (["evaluate", "--load-model", "m", "--origin-every", "-5"], "--origin-every: -5 is outside"),
+    (["evaluate", "--load-model", "m", "--every", "0"], "--every"),
     (["tune", "--n-trials", "0"], "--n-trials"),
     (["tune", "--workers", "0"], "--workers"),
 ]

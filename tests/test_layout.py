@@ -230,3 +230,44 @@ def test_every_command_help_renders(capsys):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser in sub.choices.items():
         assert "usage:" in parser.format_help(), name
+
+
+#: Where a metric may be computed: metrics.py, and the training objective (the pinball loss on tensors, which
+#: must be differentiable; metrics.pinball is what judges).
+METRIC_HOMES = {"metrics.py"}
+TRAINING_LOSS = {"losses.py"}
+
+
+def _metric_sites() -> list[str]:
+    """Places outside metrics.py that compute a metric: a function named after one, the pinball loss
+    (maximum(tau * d, (tau - 1) * d)), a direction (sign(a) == sign(b)), interval coverage
+    ((lo <= y) & (y <= hi)), a skill (1 - error / error) or a recall (detected / events)."""
+    found = []
+    names = ("pinball", "coverage", "direction", "recall", "average_precision", "skill", "false_alarms")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in METRIC_HOMES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.FunctionDef) and any(n in node.name for n in names):
+                found.append(f"{where} def {node.name}")
+            maximum = isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "maximum"
+            if maximum and path.name not in TRAINING_LOSS:
+                if any(isinstance(a, ast.BinOp) and "- 1" in ast.unparse(a) for a in node.args):
+                    found.append(f"{where} pinball: {ast.unparse(node)}")
+            if isinstance(node, ast.Compare) and ast.unparse(node).count("sign(") == 2:
+                found.append(f"{where} direction: {ast.unparse(node)}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd):
+                if all(isinstance(s, ast.Compare) and isinstance(s.ops[0], ast.LtE) for s in (node.left, node.right)):
+                    found.append(f"{where} coverage: {ast.unparse(node)}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and isinstance(node.right, ast.BinOp):
+                errors = any(k in ast.unparse(node.right) for k in ("mae", "abs", "err"))
+                if ast.unparse(node.left) == "1" and isinstance(node.right.op, ast.Div) and errors:
+                    found.append(f"{where} skill: {ast.unparse(node)}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and "detected" in ast.unparse(node.left):
+                found.append(f"{where} recall: {ast.unparse(node)}")
+    return found
+
+
+def test_each_metric_is_defined_once_in_metrics_py():
+    assert _metric_sites() == []

@@ -160,27 +160,13 @@ def test_detect_walks_bar_by_bar(trained, tmp_path, capsys):
     assert out["alarm"].sum() == len(onsets)
 
 
+EVALUATE_SCORING = ["--horizons", "1,5", "--every", "7", "--context", "100", "--bootstrap", "200"]
+
+
 def test_evaluate_writes_the_report(trained, tmp_path):
     out = tmp_path / "reports"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--load-model",
-                str(trained / "m.pth"),
-                "--data-dir",
-                str(trained / "data"),
-                "--output-dir",
-                str(out),
-                "--no-mlflow",
-                "--steps",
-                "20",
-                "--origin-every",
-                "300",
-            ]
-        )
-        == 0
-    )
+    args = ["--load-model", str(trained / "m.pth"), "--data-dir", str(trained / "data"), "--output-dir", str(out)]
+    assert main(["evaluate", *args, "--no-mlflow", *EVALUATE_SCORING]) == 0
     report = json.loads((out / "report.json").read_text())
     pump = load_model_file(trained / "m.pth").pump
     assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
@@ -189,10 +175,39 @@ def test_evaluate_writes_the_report(trained, tmp_path):
         set(overall) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
         and overall["model"]["events"] > 0
     )
-    assert set(report["forecast"]["1-10"]) >= {"mae_log", "mae_log_persistence", "mae_log_drift"}
+    assert overall["model"]["recall"] == report["events"]["intervals"]["model"]["recall"][0]
+    rows = report["forecasts"]["all"]["5"]
+    assert {"model", "persistence", "drift", "ridge", "empirical"} <= set(rows)
+    assert rows["persistence"]["skill"] == [0.0, 0.0, 0.0]
     text = (out / "report.md").read_text()
-    assert "| model |" in text and "| volume_z |" in text and "persistence" in text
+    assert "| volume_z |" in text and "persistence (no change)" in text and "width 80%" in text
     assert report["pictures"] and all((out / p).is_file() for p in report["pictures"])
+
+
+def test_evaluate_and_a_one_fold_backtest_of_the_model_agree_to_the_last_digit(trained, tmp_path):
+    """One model on one split: report.json (evaluate) and the backtest's scoring of a fold with that model give
+    the same numbers, since both are scoring.fold_token_scores."""
+    from pumpcast.backtest import run_fold
+    from pumpcast.config import BacktestConfig, DataConfig, TrainConfig
+    from pumpcast.files import json_safe
+    from pumpcast.scoring import per_token_sums, summarize, summarize_events
+    from pumpcast.splits import load_split_file
+
+    store = TokenDataManager(trained / "data")
+    split = load_split_file(store.split_path, store.lengths())
+    out = tmp_path / "reports"
+    args = ["--load-model", str(trained / "m.pth"), "--data-dir", str(store.dir), "--output-dir", str(out)]
+    assert main(["-q", "evaluate", *args, "--no-mlflow", *EVALUATE_SCORING]) == 0
+    report = json.loads((out / "report.json").read_text())
+    bt = BacktestConfig(
+        horizons="1,5", every=7, context=100, bootstrap=200, load_model=str(trained / "m.pth"), output_dir=str(tmp_path)
+    )
+    fold = run_fold(0, split, TrainConfig(), bt, store, bt.horizon_steps())
+    _, per_token = per_token_sums([fold])
+    backtested = json_safe(summarize(per_token, bt.horizon_steps(), bt.bootstrap, seed=DataConfig().seed))
+    assert report["forecasts"] == backtested  # skill, direction, pinball, coverage and the rest, every digit
+    events = json_safe(summarize_events([fold], bt.bootstrap, seed=DataConfig().seed))
+    assert report["events"]["intervals"] == events
 
 
 def test_update_bar_by_bar_equals_score_on_the_whole_history(trained, tmp_path):

@@ -4,15 +4,9 @@ import numpy as np
 import pytest
 
 from pumpcast.detectors import rolling_zscore
-from pumpcast.pumps import (
-    TokenScores,
-    alarm_onsets,
-    average_precision,
-    choose_threshold,
-    event_metrics,
-    false_alarms_per_day,
-    pump_labels,
-)
+from pumpcast.events import TokenScores, alarm_onsets, pump_labels
+from pumpcast.metrics import average_precision, event_metrics, false_alarms_per_day
+from pumpcast.pumps import choose_threshold
 from pumpcast.schema import Event
 
 PUMP = "pump_and_dump"
@@ -45,21 +39,21 @@ def test_event_metrics_hand_computed():
     scores[150] = 1.0  # a second false alarm
     events = [Event(PUMP, 50, 52, 80, 0.3), Event(PUMP, 170, 171, 190, 0.2)]  # the second is missed
     m = event_metrics([_item(scores, events)], threshold=0.5, horizon=5)
-    assert m["events"] == 2
-    assert m["recall"] == 0.5 and m["early_warning_rate"] == 0.5
-    assert m["median_delay_steps"] == -3
-    assert m["days"] == pytest.approx(180 / 1440)
-    assert m["false_alarms_per_day"] == pytest.approx(2 / (180 / 1440))
+    assert m.events == 2
+    assert m.recall == 0.5 and m.early_warning_rate == 0.5
+    assert m.median_delay_steps == -3
+    assert m.days == pytest.approx(180 / 1440)
+    assert m.false_alarms_per_day == pytest.approx(2 / (180 / 1440))
     # an alarm inside the event's span (after the detection window) is neither a detection nor a false alarm
     late = np.zeros(200)
     late[60] = 1.0
     m = event_metrics([_item(late, events)], threshold=0.5, horizon=5)
-    assert m["recall"] == 0 and m["false_alarms_per_day"] == 0
+    assert m.recall == 0 and m.false_alarms_per_day == 0
     # detection two steps after the start counts, three does not
     for step, hit in ((52, 1.0), (53, 0.0)):
         s = np.zeros(200)
         s[step] = 1.0
-        assert event_metrics([_item(s, events[:1])], 0.5, 5)["recall"] == hit
+        assert event_metrics([_item(s, events[:1])], 0.5, 5).recall == hit
 
 
 def test_average_precision_hand_computed():
@@ -75,7 +69,7 @@ def test_threshold_is_the_lowest_within_the_false_alarm_budget():
     scores[[100, 300, 500, 700]] = [0.9, 0.8, 0.7, 0.6]  # four isolated high-score alarms, no events
     item = _item(scores, [], steps_per_day=500.0)  # 2 days
     th = choose_threshold([item], horizon=5, max_false_alarms_per_day=1.0)
-    assert event_metrics([item], th, 5)["false_alarms_per_day"] <= 1.0
+    assert event_metrics([item], th, 5).false_alarms_per_day <= 1.0
     assert 0.6 < th <= 0.8  # two alarms in two days are allowed, three are not
     assert choose_threshold([item], 5, max_false_alarms_per_day=0.0) > 0.9
 
@@ -94,7 +88,7 @@ def test_false_alarm_counts_of_many_thresholds_match_event_metrics():
             starts = rng.integers(-5, n + 5, rng.integers(0, 3))
             items.append(_item(scores, [Event(PUMP, int(s), -1, -1, np.nan) for s in starts], steps_per_day=50.0))
         thresholds = np.r_[np.linspace(-3, 3, 37), 0.1, 0.2]
-        slow = [event_metrics(items, th, 4, auprc=False)["false_alarms_per_day"] for th in thresholds]
+        slow = [event_metrics(items, th, 4, auprc=False).false_alarms_per_day for th in thresholds]
         np.testing.assert_allclose(false_alarms_per_day(items, 4, thresholds), slow)
 
 
@@ -117,7 +111,7 @@ def test_event_spans_after_a_start_are_times_not_bars():
         scores = np.zeros(400)
         scores[100 + late] = 1.0
         m = event_metrics([_item(scores, real, steps_per_day=per_day)], 0.5, horizon=5)
-        assert m["recall"] == detected and m["false_alarms_per_day"] == (0.0 if detected else 1 / (400 / per_day))
+        assert m.recall == detected and m.false_alarms_per_day == (0.0 if detected else 1 / (400 / per_day))
     now = pump_labels(400, real, horizon=5, interval_ms=15_000)[:, 1]
     assert np.flatnonzero(now).tolist() == list(range(100, 120))
     assert pump_labels(400, real, horizon=5)[:, 1].sum() == 5  # 1-minute bars: as before

@@ -33,6 +33,7 @@ import numpy as np
 
 from pumpcast import baselines
 from pumpcast.losses import mean_weights
+from pumpcast.metrics import pinball
 from pumpcast.schema import PRICE, ModelFileError
 
 if TYPE_CHECKING:
@@ -113,12 +114,6 @@ class ForecastCalibration:
         return cal
 
 
-def _pinball(y: np.ndarray, q: np.ndarray, levels: tuple[float, ...]) -> float:
-    d = y[:, None] - q
-    tau = np.asarray(levels)
-    return float(np.maximum(tau * d, (tau - 1) * d).mean())
-
-
 def _shrink(y: np.ndarray, median: np.ndarray) -> float:
     """The shrink with the lowest validation MAE among those that beat "no change" (s = 0) by more than two
     standard errors, else 0. Errors are averaged over blocks of SHRINK_BLOCK consecutive origins first, since
@@ -158,7 +153,7 @@ def fit_calibration(
             shrink[h], blend[h, 0] = 1.0, 1.0
             continue
         y, q, e = actual[ok, h], quantiles[ok, h], empirical[ok, h]
-        losses = [_pinball(y, w * q + (1 - w) * e, levels) for w in WEIGHT_GRID]
+        losses = [float(pinball(y, w * q + (1 - w) * e, levels).mean()) for w in WEIGHT_GRID]
         weight[h] = WEIGHT_GRID[int(np.argmin(losses))]
         centre = weight[h] * q[:, med] + (1 - weight[h]) * e[:, med]
         shrink[h] = [_shrink(y[regime[ok] == r], centre[regime[ok] == r]) for r in range(3)]

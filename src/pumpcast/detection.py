@@ -24,21 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pumpcast.detectors import BaselineSet, Ensemble, fit_baselines
+from pumpcast.events import PUMP_TARGETS, TokenScores, alarm_onsets, judged_kind, pump_labels
+from pumpcast.metrics import average_precision, event_metrics
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
-from pumpcast.pumps import (
-    PUMP_TARGETS,
-    PumpCalibration,
-    TokenScores,
-    alarm_onsets,
-    average_precision,
-    calibrated,
-    choose_threshold,
-    event_metrics,
-    fit_platt,
-    judged_kind,
-    pump_labels,
-)
+from pumpcast.pumps import PumpCalibration, calibrated, choose_threshold, fit_platt
 from pumpcast.schema import FEATURES, DataError, ModelFileError, TokenSeries
 from pumpcast.splits import tokens_with_events
 from pumpcast.store import TokenDataManager
@@ -204,19 +194,26 @@ def score_ranges(
         baselines = BaselineSet.from_dict(bundle.pump.baselines) if bundle.pump is not None else BaselineSet()
     out = []
     items = sorted(ranges.items())
-    for t, (a, b) in tqdm(
-        items, desc="scoring tokens", unit="token", disable=len(items) < 5 or not sys.stderr.isatty()
-    ):
-        tok = store.read(t)
-        if not tok.events_known or b <= a:
-            continue
-        logits = pump_logits(bundle, tok.features, a, b)
-        outside = ~np.isfinite(logits[:, 0])
-        scores = baselines.scores(tok)
-        for s in scores.values():
-            s[outside] = np.nan
-        out.append(RangeScores(tok, logits, scores))
+    for t, rng in tqdm(items, desc="scoring tokens", unit="token", disable=len(items) < 5 or not sys.stderr.isatty()):
+        scored = score_token_range(bundle, store.read(t), rng, baselines)
+        if scored is not None:
+            out.append(scored)
     return out
+
+
+def score_token_range(
+    bundle: ModelBundle, tok: TokenSeries, rng: tuple[int, int], baselines: BaselineSet
+) -> RangeScores | None:
+    """score_ranges for one token already read; None when its events are unknown or the range is empty."""
+    a, b = rng
+    if not tok.events_known or b <= a:
+        return None
+    logits = pump_logits(bundle, tok.features, a, b)
+    outside = ~np.isfinite(logits[:, 0])
+    scores = baselines.scores(tok)
+    for s in scores.values():
+        s[outside] = np.nan
+    return RangeScores(tok, logits, scores)
 
 
 def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str, list[TokenScores]]:
@@ -282,7 +279,7 @@ def calibrate(
         ]
         th = choose_threshold(its, K, max_false_alarms_per_day)
         m = event_metrics(its, th, K)
-        choices.append((-np.nan_to_num(m["recall"]), m["false_alarms_per_day"], output, th, m))
+        choices.append((-np.nan_to_num(m.recall), m.false_alarms_per_day, output, th, m))
     _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
     with_events = tokens_with_events(store)
     train_ranges = dict(  # enough tokens to tune on, the same ones every time: those with events first
@@ -297,9 +294,9 @@ def calibrate(
         "budget %g)",
         alarm_output,
         threshold,
-        val_metrics["events"],
-        np.nan_to_num(val_metrics["recall"]),
-        val_metrics["false_alarms_per_day"],
+        val_metrics.events,
+        np.nan_to_num(val_metrics.recall),
+        val_metrics.false_alarms_per_day,
         max_false_alarms_per_day,
     )
     return PumpCalibration(
@@ -310,7 +307,7 @@ def calibrate(
         alarm_output=alarm_output,
         baselines=baselines.to_dict(),
         ensemble=ensemble,
-        val_metrics=val_metrics,
+        val_metrics=val_metrics.to_dict(),
     )
 
 

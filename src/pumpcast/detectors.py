@@ -26,14 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pumpcast.pumps import (
-    TokenScores,
-    average_precision,
-    choose_threshold,
-    event_metrics,
-    judged_kind,
-    pump_labels,
-)
+from pumpcast.events import TokenScores, judged_kind, pump_labels
+from pumpcast.metrics import average_precision, event_metrics
+from pumpcast.pumps import choose_threshold
 from pumpcast.schema import BUYS, PRICE, SELLS, VOLUME, ModelFileError, TokenSeries
 
 #: Bars over which a volume is put in units of the token's typical active bar (a day of 1-minute bars).
@@ -259,7 +254,7 @@ def tune_zscore(
                 return None
             th = choose_threshold(items, horizon, budget)
             m = event_metrics(items, th, horizon)
-            key = (np.nan_to_num(m["recall"]), -m["false_alarms_per_day"], np.nan_to_num(m["auprc"]))
+            key = (np.nan_to_num(m.recall), -m.false_alarms_per_day, np.nan_to_num(m.auprc))
             if best is None or key > best[0]:
                 best = (key, det, th)
     assert best is not None

@@ -16,16 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from pumpcast.baselines import DRIFT_STEPS
+from pumpcast import baselines
 from pumpcast.config import TestConfig
-from pumpcast.detection import PumpDetector, event_scores, score_ranges
-from pumpcast.detectors import BaselineSet
+from pumpcast.detection import PumpDetector
+from pumpcast.events import TokenScores, is_real, pump_events
 from pumpcast.files import atomic_write, atomic_write_json
-from pumpcast.forecasting import Forecaster, origin_windows
+from pumpcast.forecasting import Forecaster
+from pumpcast.metrics import EventCounts, direction_credit, pooled_counts, skill
 from pumpcast.modelfile import require_store_fit
 from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
-from pumpcast.pumps import event_metrics, is_real, pump_events
 from pumpcast.schema import PRICE, DataError, ModelFileError, TokenSeries
+from pumpcast.scoring import (
+    detector_thresholds,
+    event_table,
+    fold_token_scores,
+    forecast_tables,
+    per_token_sums,
+    summarize,
+    summarize_events,
+)
 from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager
 
@@ -57,28 +66,25 @@ class TokenForecast:
 
 
 def forecast_metrics(items: list[TokenForecast], steps: int) -> dict[str, dict[str, float]]:
-    """Per horizon bucket, pooled over tokens: MAE and RMSE of log price for the model, for persistence (the
-    last price) and for drift (the mean log return of the last `DRIFT_STEPS` history steps, extended),
-    skill = 1 - MAE / MAE_persistence, and directional accuracy (share of steps where the forecast moves the
-    same way from the origin price as the actual price did, among steps where it moved)."""
+    """Per horizon bucket, pooled over tokens, the metrics of metrics.py on log price: MAE and RMSE for the
+    model's median path, for persistence (the last price) and for drift (baselines.drift), skill against
+    persistence, and the direction of the median path (no move on either side counts one half)."""
     out: dict[str, dict[str, float]] = {}
     for a, b in horizon_buckets(steps):
-        err, err_p, err_d, hits, moves = [], [], [], 0, 0
+        err, err_p, err_d, credit = [], [], [], []
         for it in items:
             n = min(b, it.actual.shape[0])
             if n < a:
                 continue
             p0 = np.log(it.history[-1, PRICE])
-            back = np.log(it.history[-DRIFT_STEPS:, PRICE])
-            slope = (back[-1] - back[0]) / max(1, back.size - 1)
-            actual = np.log(it.actual[a - 1 : n, PRICE])
-            pred = np.log(it.forecast[a - 1 : n, PRICE])
+            actual = np.log(it.actual[a - 1 : n, PRICE]) - p0
+            pred = np.log(it.forecast[a - 1 : n, PRICE]) - p0
+            ahead = tuple(range(a, n + 1))
+            drift = baselines.drift(it.history, np.array([it.history.shape[0]]), ahead)[0]
             err.append(pred - actual)
-            err_p.append(p0 - actual)
-            err_d.append(p0 + slope * np.arange(a, n + 1) - actual)
-            moved = actual != p0
-            moves += int(moved.sum())
-            hits += int((np.sign(pred - p0)[moved] == np.sign(actual - p0)[moved]).sum())
+            err_p.append(-actual)
+            err_d.append(drift - actual)
+            credit.append(direction_credit(pred, actual))
         if not err:
             continue
         e, ep, ed = np.concatenate(err), np.concatenate(err_p), np.concatenate(err_d)
@@ -91,8 +97,8 @@ def forecast_metrics(items: list[TokenForecast], steps: int) -> dict[str, dict[s
             "rmse_log_persistence": float(np.sqrt((ep**2).mean())),
             "mae_log_drift": float(np.abs(ed).mean()),
             "rmse_log_drift": float(np.sqrt((ed**2).mean())),
-            "skill": 1 - mae / mae_p if mae_p > 0 else float("nan"),
-            "directional_accuracy": hits / moves if moves else float("nan"),
+            "skill": float(skill(mae, mae_p)),
+            "directional_accuracy": float(np.concatenate(credit).mean()),
         }
     return out
 
@@ -155,22 +161,6 @@ def forecast_test_tokens(
     ]
 
 
-def rolling_origins(
-    forecaster: Forecaster, store: TokenDataManager, split: Split, steps: int, every: int, max_tokens: int = 200
-) -> list[TokenForecast]:
-    """Forecasts of `steps` from origins every `every` steps inside each test token's test part (at most
-    max_tokens tokens), all in one batched rollout."""
-    test = {t: split.ranges["test"][t] for t in split.tokens("test")[:max_tokens]}
-    origins = origin_windows(store, test, forecaster.seq_len, every)
-    if not origins:
-        return []
-    forecast = forecaster.rollout(np.stack([f[o - forecaster.seq_len : o] for _, o, f in origins]), steps)
-    return [
-        TokenForecast(t, o, f[:o], forecast[i], f[o : min(o + steps, test[t][1])])
-        for i, (t, o, f) in enumerate(origins)
-    ]
-
-
 def _group(source: str) -> str:
     return "real" if is_real(source) else "synthetic"
 
@@ -180,71 +170,81 @@ def evaluate_store(
     store: TokenDataManager,
     split: Split,
     output_dir: str | Path = "reports",
-    steps: int = 100,
-    every: int = 200,
+    horizons: tuple[int, ...] = (1, 5, 15, 60),
+    every: int = 1,
+    context: int = 500,
+    bootstrap: int = 1000,
+    seed: int = 0,
     max_pictures: int = 12,
 ) -> dict[str, Any]:
-    """The evaluation report on the split's test part: forecast metrics per horizon vs persistence and drift,
-    event metrics of the model vs the baselines (thresholds chosen on validation data when the model was
-    trained, never here), per token and overall, and a picture around each event. Writes report.md,
-    report.json and img/ under output_dir."""
+    """The evaluation report on the split's test part: a one-fold, fixed-model use of scoring.py, so its
+    numbers are those `backtest --load-model` gives on the same split (forecast metrics per horizon beside the
+    baselines with bootstrap intervals over tokens; event metrics of the model, the baselines and the ensemble
+    at the thresholds chosen on validation data when the model was trained, never here, overall, by source and
+    per token), and a picture around each event. Writes report.md, report.json and img/ under output_dir."""
     out = Path(output_dir)
-    if not forecaster.bundle.has_pump_head:
+    bundle = forecaster.bundle
+    if not bundle.has_pump_head:
         raise ModelFileError("this model has no calibrated pump head; train it with pump_weight > 0")
     if not split.tokens("test"):
         raise DataError(f"split {split.strategy!r} has no test tokens; evaluate needs a split with a test part")
-    require_store_fit(forecaster.bundle, store, split.tokens("test"))
-    detector = PumpDetector(forecaster.bundle)
-    pump = detector.calibration
-    K = pump.horizon
-    thresholds = {
-        "model": pump.threshold,
-        **BaselineSet.from_dict(pump.baselines).thresholds,
-        **({"ensemble": pump.ensemble["threshold"]} if pump.ensemble else {}),
-    }
+    require_store_fit(bundle, store, split.tokens("test"))
+    pump = bundle.pump
+    thresholds = detector_thresholds(PumpDetector(bundle))
+    pictures: list[str] = []
+    sources: dict[int, str] = {}
+
+    def draw(tok: TokenSeries, scores: dict[str, TokenScores]) -> None:
+        sources[tok.token_id] = _group(tok.source)
+        for e in pump_events(tok.events):
+            model = scores["model"].scores
+            if len(pictures) < max_pictures and np.isfinite(model[min(e.start, len(model) - 1)]):
+                path = out / "img" / f"event_token{tok.token_id}_step{e.start}.png"
+                plot_event(tok, model, thresholds["model"], e, path, pump.horizon)
+                pictures.append(str(path.relative_to(out)))
+
+    log.info("scoring %d test token(s) at horizons %s, every %d origin(s)", len(split.tokens("test")), horizons, every)
+    fold = fold_token_scores(bundle, store, split, horizons, every, context, on_events=draw)
+    _, per_token = per_token_sums([fold])
+    counts = fold.events or {}
     report: dict[str, Any] = {
         "note": "research tool, not financial advice",
         "split_strategy": split.strategy,
         "test_tokens": split.tokens("test"),
-        "pump_horizon": K,
+        "horizons": list(horizons),
+        "every": every,
+        "pump_horizon": pump.horizon,
         "max_false_alarms_per_day": pump.max_false_alarms_per_day,
         "thresholds": thresholds,
         "alarm_output": pump.alarm_output,
         "validation": pump.val_metrics,
+        "forecasts": summarize(per_token, horizons, bootstrap, seed),
+        "events": {
+            "overall": {name: pooled_counts(rows).to_dict() for name, rows in counts.items()},
+            "intervals": summarize_events([fold], bootstrap, seed),
+            "by_source": {
+                group: {name: _pooled(rows, sources, group) for name, rows in counts.items()}
+                for group in sorted(set(sources.values()))
+            },
+            "per_token": [
+                {"token": t, "source": sources[t], **{name: _token_row(rows[i]) for name, rows in counts.items()}}
+                for i, t in enumerate(c.token for c in counts.get("model", []))
+            ],
+        },
+        "pictures": pictures,
     }
-    log.info(
-        "forecasting %d steps from origins every %d steps of %d test token(s)", steps, every, len(split.tokens("test"))
-    )
-    report["forecast"] = forecast_metrics(rolling_origins(forecaster, store, split, steps, every), steps)
-    log.info("scoring pump events of the model and the baselines")
-    scored = score_ranges(forecaster.bundle, store, split.ranges["test"])
-    scores = event_scores(detector, scored)
-    overall, groups, per_token = {}, {}, []
-    for name, items in scores.items():
-        overall[name] = event_metrics(items, thresholds[name], K)
-        for g in sorted({_group(it.source) for it in items}):
-            groups.setdefault(g, {})[name] = event_metrics(
-                [it for it in items if _group(it.source) == g], thresholds[name], K
-            )
-    for i, it in enumerate(scores["model"]):
-        row = {"token": it.token_id, "source": it.source}
-        for name in scores:
-            m = event_metrics([scores[name][i]], thresholds[name], K, auprc=False)
-            row[name] = {k: m[k] for k in ("events", "recall", "false_alarms_per_day", "median_delay_steps")}
-        per_token.append(row)
-    report["events"] = {"overall": overall, "by_source": groups, "per_token": per_token}
-    pictures = []
-    for it, r in zip(scores["model"], scored, strict=True):
-        tok = r.token
-        for e in pump_events(tok.events):
-            if len(pictures) < max_pictures and np.isfinite(it.scores[min(e.start, len(it.scores) - 1)]):
-                path = out / "img" / f"event_token{it.token_id}_step{e.start}.png"
-                plot_event(tok, it.scores, thresholds["model"], e, path, K)
-                pictures.append(str(path.relative_to(out)))
-    report["pictures"] = pictures
     atomic_write_json(out / "report.json", report)
     atomic_write(out / "report.md", lambda p: p.write_text(report_markdown(report)), suffix=".md")
     return report
+
+
+def _pooled(rows: list[EventCounts], sources: dict[int, str], group: str) -> dict[str, Any]:
+    return pooled_counts([c for c in rows if sources[c.token] == group]).to_dict()
+
+
+def _token_row(counts: EventCounts) -> dict[str, float]:
+    m = pooled_counts([counts])
+    return {k: getattr(m, k) for k in ("events", "recall", "false_alarms_per_day", "median_delay_steps")}
 
 
 def _fmt(v: Any) -> str:
@@ -267,16 +267,12 @@ def report_markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} {_fmt(float(v))}" for k, v in report["thresholds"].items())
         + ".",
         "",
-        "## Forecasts (log price) vs persistence and drift",
+        "## Forecasts of the log price change vs the baselines (scored as `backtest` scores a fold)",
         "",
-        "| steps ahead | n | MAE model | MAE persistence | MAE drift | skill | directional accuracy |",
-        "|---|---|---|---|---|---|---|",
+        "Skill = 1 - MAE / MAE(persistence) of the median; direction judged on the mean (no move counts one "
+        "half); pinball: mean over the quantile levels. Brackets: 95% bootstrap intervals over tokens.",
+        *forecast_tables(report["forecasts"]),
     ]
-    for bucket, m in report["forecast"].items():
-        lines.append(
-            f"| {bucket} | {m['n']} | {_fmt(m['mae_log'])} | {_fmt(m['mae_log_persistence'])} | "
-            f"{_fmt(m['mae_log_drift'])} | {_fmt(m['skill'])} | {_fmt(m['directional_accuracy'])} |"
-        )
     head = (
         "| detector | events | recall | early warnings | false alarms / day | median delay (steps) | AUPRC |",
         "|---|---|---|---|---|---|---|",
@@ -290,6 +286,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         ]
 
     lines += ["", "## Pump events: model vs baselines (test part)", "", *head, *rows(report["events"]["overall"])]
+    lines += ["", "With 95% bootstrap intervals over tokens:", *event_table(report["events"]["intervals"])]
     by_source = report["events"]["by_source"]
     for group, metrics in by_source.items() if len(by_source) > 1 else ():
         lines += ["", f"### {group} tokens", "", *head, *rows(metrics)]

@@ -260,7 +260,7 @@ def plot_event(
     around: int = 120,
 ) -> Path:
     """Price, pump probability and alarms from `around` steps before to after one pump event."""
-    from pumpcast.pumps import DETECT_AFTER_MS, alarm_onsets, steps_in
+    from pumpcast.events import DETECT_AFTER_MS, alarm_onsets, steps_in
 
     lo, hi = max(0, event.start - around), min(len(tok.features), event.start + around)
     t = _x(tok, np.arange(lo, hi))

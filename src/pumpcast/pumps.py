@@ -1,16 +1,6 @@
-"""Pump events: per-step labels from stored events, alarm thresholds chosen on validation data to a
-false-alarm budget, event-level metrics, and the calibration record a model file keeps (the baselines it
-sets beside the model are in detectors.py).
-
-Conventions (steps are bar indices of one token; A = the steps in DETECT_AFTER_MS, 2 at 1-minute bars, 8 at
-15-second bars):
-- a pump "starts" at its event start (the first surge bar for synthetic pumps, the announced minute for real
-  ones) and is "under way" from its start to its peak (real events, whose peak is unknown: REAL_PEAK_MS);
-- an alarm is a run of consecutive steps whose score reaches the threshold, counted once, at its first step;
-- an event is detected if an alarmed step falls in [start - K, start + A]; an early warning if one falls in
-  [start - K, start - 1]; the delay is the first such step minus the start (negative = early);
-- a false alarm is an alarm that begins outside every event's [start - K, end] (end = start + A at least).
-The spans after a start are times, so that a 15-second bar series is judged as its 1-minute bars would be.
+"""What a model file keeps of its pump head's calibration on validation data (`PumpCalibration`), the Platt
+scaling it applies, and how an alarm threshold is chosen to a false-alarm budget. What a pump event is lives
+in events.py, the event metrics in metrics.py, the baselines set beside the model in detectors.py.
 """
 
 from __future__ import annotations
@@ -21,127 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from pumpcast.schema import Event, ModelFileError, TokenSeries
-
-PUMP = "pump_and_dump"
-REAL_PEAK_MS = 5 * 60_000  # real pumps peak within about 1-5 minutes of the announcement
-#: The three pump outputs: a pump starts within K steps, one is under way, either of the two.
-PUMP_TARGETS = ("soon", "now", "any")
-DETECT_AFTER_MS = 2 * 60_000  # an alarm up to 2 minutes after the start still detects the event
-
-
-def steps_in(ms: int, interval_ms: int) -> int:
-    """Bars of interval_ms that a span of ms covers (at least 1)."""
-    return max(1, -(-int(ms) // int(interval_ms)))
-
-
-def is_real(source: str) -> bool:
-    """Whether a token's source is real market data (anything the simulator did not write)."""
-    return not source.startswith("synthetic")
-
-
-def judged_kind(tokens: Sequence[TokenSeries]) -> list[TokenSeries]:
-    """The tokens alarm thresholds are chosen on: the real ones when any of them has a pump (a threshold must
-    suit the kind of data it will judge, and real markets are not synthetic ones), else all."""
-    real = [t for t in tokens if is_real(t.source)]
-    return real if any(pump_events(t.events) for t in real) else list(tokens)
-
-
-def pump_events(events: Sequence[Event]) -> list[Event]:
-    return [e for e in events if e.type == PUMP]
-
-
-def pump_labels(n_steps: int, events: Sequence[Event], horizon: int, interval_ms: int = 60_000) -> np.ndarray:
-    """(T, 3) float32: [a pump starts within the next `horizon` steps, a pump is under way, either], for bars of
-    interval_ms."""
-    soon = np.zeros(n_steps, dtype=bool)
-    now = np.zeros(n_steps, dtype=bool)
-    for e in pump_events(events):
-        soon[max(0, e.start - horizon) : max(0, e.start)] = True  # steps t with start in (t, t + horizon]
-        peak = e.peak if e.peak >= e.start else e.start + steps_in(REAL_PEAK_MS, interval_ms) - 1
-        now[max(0, e.start) : min(n_steps, peak + 1)] = True
-    return np.stack([soon, now, soon | now], axis=1).astype(np.float32)
-
-
-def alarm_onsets(alarmed: np.ndarray) -> np.ndarray:
-    """Steps where a run of alarmed steps begins."""
-    a = np.asarray(alarmed, dtype=bool)
-    return np.flatnonzero(a & ~np.concatenate([[False], a[:-1]]))
-
-
-@dataclass
-class TokenScores:
-    """One token's per-step scores over the steps it is evaluated on, with its pump events."""
-
-    token_id: int
-    scores: np.ndarray  # (T,), NaN where not evaluated (no full window yet, or outside the split)
-    events: list[Event]
-    steps_per_day: float
-    source: str = ""
-
-    @property
-    def interval_ms(self) -> int:
-        return round(86_400_000 / self.steps_per_day)
-
-
-def _windows(e: Event, horizon: int, interval_ms: int) -> tuple[int, int, int]:
-    """(first step that detects, last step that detects, last step that is not a false alarm)."""
-    after = steps_in(DETECT_AFTER_MS, interval_ms)
-    return e.start - horizon, e.start + after, max(e.end, e.start + after)
-
-
-def event_metrics(items: Sequence[TokenScores], threshold: float, horizon: int, auprc: bool = True) -> dict[str, float]:
-    """Recall, early warnings, false alarms per day, median delay and AUPRC over tokens (see module doc)."""
-    detected = early = n_events = false_alarms = 0
-    delays: list[int] = []
-    days = 0.0
-    labels, scores = [], []
-    for it in items:
-        valid = np.isfinite(it.scores)
-        alarmed = valid & (it.scores >= threshold)
-        days += valid.sum() / it.steps_per_day
-        events = [e for e in pump_events(it.events) if 0 <= e.start < len(it.scores) and valid[e.start]]
-        for e in events:
-            n_events += 1
-            lo, hi, _ = _windows(e, horizon, it.interval_ms)
-            hits = np.flatnonzero(alarmed[max(0, lo) : hi + 1]) + max(0, lo)
-            if hits.size:
-                detected += 1
-                delays.append(int(hits[0] - e.start))
-                early += int(hits[0] < e.start)
-        spans = [_windows(e, horizon, it.interval_ms)[::2] for e in pump_events(it.events)]
-        for onset in alarm_onsets(alarmed):
-            if not any(lo <= onset <= hi for lo, hi in spans):
-                false_alarms += 1
-        if auprc:
-            labels.append(pump_labels(len(it.scores), it.events, horizon, it.interval_ms)[valid, 2])
-            scores.append(it.scores[valid])
-    y = np.concatenate(labels) if labels else np.zeros(0)
-    s = np.concatenate(scores) if scores else np.zeros(0)
-    return {
-        "events": n_events,
-        "recall": detected / n_events if n_events else float("nan"),
-        "early_warning_rate": early / n_events if n_events else float("nan"),
-        "false_alarms_per_day": false_alarms / days if days else float("nan"),
-        "median_delay_steps": float(np.median(delays)) if delays else float("nan"),
-        "auprc": average_precision(y, s) if auprc else float("nan"),
-        "days": days,
-        "threshold": float(threshold),
-    }
-
-
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the precision-recall curve (average precision over the positives, ties resolved together)."""
-    labels = np.asarray(labels, dtype=bool)
-    if labels.sum() == 0:
-        return float("nan")
-    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-    s, y = np.asarray(scores)[order], labels[order]
-    tp = np.cumsum(y)
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    precision = tp[last_of_tie] / (np.flatnonzero(last_of_tie) + 1)
-    recall_gain = np.diff(np.r_[0, tp[last_of_tie]])
-    return float((precision * recall_gain).sum() / y.sum())
+from pumpcast.events import PUMP_TARGETS, TokenScores
+from pumpcast.metrics import false_alarms_per_day
+from pumpcast.schema import ModelFileError
 
 
 def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarms_per_day: float = 1.0) -> float:
@@ -153,28 +25,6 @@ def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarm
     candidates = np.unique(np.quantile(values, np.linspace(0.5, 1.0, 401)))
     within = np.flatnonzero(false_alarms_per_day(items, horizon, candidates) <= max_false_alarms_per_day)
     return float(candidates[within[0]]) if within.size else float(np.nextafter(values.max(), np.inf))
-
-
-def false_alarms_per_day(items: Sequence[TokenScores], horizon: int, thresholds: np.ndarray) -> np.ndarray:
-    """event_metrics' false alarms per day at each of many thresholds in one pass: an alarm begins at step t
-    for every threshold in (score[t - 1], score[t]], so the onsets outside the event spans are counted by
-    sorting those bounds once."""
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    count = np.zeros(thresholds.size)
-    days = 0.0
-    for it in items:
-        s = np.where(np.isfinite(it.scores), it.scores, -np.inf)
-        days += np.isfinite(it.scores).sum() / it.steps_per_day
-        outside = np.ones(s.size, dtype=bool)
-        for e in pump_events(it.events):
-            lo, _, hi = _windows(e, horizon, it.interval_ms)
-            outside[max(0, lo) : max(0, hi + 1)] = False
-        top = np.sort(s[outside])
-        bottom = np.sort(np.minimum(s, np.r_[-np.inf, s[:-1]])[outside])
-        count += (top.size - np.searchsorted(top, thresholds, "left")) - (
-            bottom.size - np.searchsorted(bottom, thresholds, "left")
-        )
-    return count / days if days else np.full(thresholds.size, np.nan)
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, float]:

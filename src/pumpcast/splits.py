@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pumpcast.config import SPLIT_STRATEGIES, DataConfig
-from pumpcast.pumps import is_real
+from pumpcast.events import is_real
 from pumpcast.schema import ConfigError, DataError
 from pumpcast.store import TokenDataManager
 

@@ -39,11 +39,11 @@ from pumpcast import baselines
 from pumpcast.calibration import calibrate_forecasts
 from pumpcast.config import ModelConfig, TrainConfig, flat_values
 from pumpcast.detection import calibrate as calibrate_pump_head
+from pumpcast.events import pump_labels
 from pumpcast.forecasting import Forecaster
 from pumpcast.losses import get_loss, pump_loss
 from pumpcast.model import PumpcastTransformer
 from pumpcast.modelfile import DataInfo, ModelBundle, load_model_file, save_model_file
-from pumpcast.pumps import pump_labels
 from pumpcast.schema import PRICE, ConfigError, PumpcastError
 from pumpcast.simulator import ensure_store
 from pumpcast.splits import Split, resolve_split

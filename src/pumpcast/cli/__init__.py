@@ -238,18 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", default="reports", help="where report.md, report.json and img/ go (default: reports)"
     )
-    p.add_argument(
-        "--steps",
-        type=bounded_int(1, MAX_FORECAST_STEPS),
-        default=100,
-        help="forecast steps from each origin (default: 100)",
-    )
-    p.add_argument(
-        "--origin-every", type=bounded_int(1), default=200, help="steps between forecast origins (default: 200)"
-    )
-    add_settings(p, DataConfig, "data", only=("data_dir", "split_file"))
+    add_settings(p, DataConfig, "data", only=("data_dir", "split_file", "seed"))
+    add_settings(p, BacktestConfig, "scoring", only=("horizons", "every", "context", "bootstrap"))
     add_settings(p, TrackingConfig, TITLES["tracking"], only=("tracking_uri", "experiment_name", "enabled"))
-    p.set_defaults(sections={"data": DataConfig, "tracking": TrackingConfig})
+    p.set_defaults(sections={"data": DataConfig, "backtest": BacktestConfig, "tracking": TrackingConfig})
 
     p = command("detect", "walk through a history bar by bar and print each pump alarm", commands.detect)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file with a pump head")

@@ -255,7 +255,11 @@ def evaluate(args: argparse.Namespace) -> None:
     require_store_fit(forecaster.bundle, store, split.tokens("test"))  # before a tracking run starts
     tracker = Tracker(conf["tracking"])
     with tracker.run("evaluate", tags={"pumpcast.command": "evaluate"}):
-        report = evaluate_store(forecaster, store, split, args.output_dir, args.steps, args.origin_every)
+        bt = conf["backtest"]
+        report = evaluate_store(
+            forecaster, store, split, args.output_dir, bt.horizon_steps(), bt.every, bt.context, bt.bootstrap,
+            conf["data"].seed,
+        )
         events = flatten("events", report["events"]["overall"])
         tracker.log_metrics({k: v for k, v in events.items() if isinstance(v, float)})
         tracker.log_artifact(Path(args.output_dir))
