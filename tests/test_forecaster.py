@@ -17,7 +17,7 @@ from helpers import TINY_MODEL
 
 from pumpcast.cli import main, pump_trainer_main
 from pumpcast.detection import PumpDetector
-from pumpcast.detectors import BaselineSet, ZScoreDetector
+from pumpcast.detectors import ZScoreDetector
 from pumpcast.evaluation import forecast_test_tokens
 from pumpcast.forecasting import Forecaster, long_format
 from pumpcast.modelfile import load_model_file
@@ -319,9 +319,9 @@ def test_old_model_files_load_and_forecast_as_they_did(version):
     assert torch.load(path, weights_only=True)["format_version"] == version
     steps = 80 if version >= 3 else 40  # format 3's file is a calibrated quantile model reading 64 steps
     # their baselines were thresholds of volume_z and buys_z: read as the z-scores those names meant then
-    baselines = BaselineSet.from_dict(PumpDetector.load(path).calibration.baselines)
+    baselines = PumpDetector.load(path).calibration.baselines
     assert baselines.thresholds == {"volume_z": 3.0, "buys_z": 3.0}
-    assert all(d == ZScoreDetector(name, 60, 0.5) for name, d in baselines.detectors.items())
+    assert all(d == ZScoreDetector(name, 60, 0.5, 3.0) for name, d in baselines.detectors.items())
     np.testing.assert_allclose(
         PumpDetector.load(path).score(history(steps)[0]),
         np.load(DATA / f"model_v{version}_pump.npy"),

@@ -12,7 +12,6 @@ from helpers import TINY_MODEL
 
 from pumpcast.cli import main
 from pumpcast.detection import PumpDetector, calibrate
-from pumpcast.detectors import BaselineSet
 from pumpcast.forecasting import Forecaster
 from pumpcast.modelfile import load_model_file
 from pumpcast.splits import Split
@@ -57,12 +56,12 @@ def trained(tmp_path_factory):
 def test_model_file_carries_validation_calibration_and_thresholds(trained):
     pump = load_model_file(trained / "m.pth").pump
     assert pump.horizon == 5 and pump.max_false_alarms_per_day == 1.0
-    baselines = BaselineSet.from_dict(pump.baselines)
+    baselines = pump.baselines
     assert len(pump.calibration) == 3
     # synthetic tokens: no buy quote volume, so no buy_volume_z; the logistic regression fitted on training tokens
     assert set(baselines.thresholds) == {"volume_z", "buys_z", "buy_share_z", "logistic"}
     assert all(np.isfinite(th) for th in baselines.thresholds.values())
-    assert pump.ensemble["baseline"] in baselines.detectors and np.isfinite(pump.ensemble["threshold"])
+    assert pump.ensemble.baseline in baselines.detectors and np.isfinite(pump.ensemble.threshold)
     assert pump.val_metrics["events"] > 0  # the validation tokens hold pumps
     assert pump.val_metrics["false_alarms_per_day"] <= 1.0
 

@@ -5,8 +5,7 @@ import pytest
 
 from pumpcast.detectors import rolling_zscore
 from pumpcast.events import TokenScores, alarm_onsets, pump_labels
-from pumpcast.metrics import average_precision, event_metrics, false_alarms_per_day
-from pumpcast.pumps import choose_threshold
+from pumpcast.metrics import average_precision, choose_threshold, event_metrics, false_alarms_per_day
 from pumpcast.schema import Event
 
 PUMP = "pump_and_dump"

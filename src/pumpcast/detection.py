@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from pumpcast.detectors import BaselineSet, Ensemble, fit_baselines
 from pumpcast.events import PUMP_TARGETS, TokenScores, alarm_onsets, judged_kind, pump_labels
-from pumpcast.metrics import average_precision, event_metrics
+from pumpcast.metrics import average_precision, choose_threshold, event_metrics
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
-from pumpcast.pumps import PumpCalibration, calibrated, choose_threshold, fit_platt
+from pumpcast.pumps import PumpCalibration, calibrated, fit_platt
 from pumpcast.schema import FEATURES, DataError, ModelFileError, TokenSeries
 from pumpcast.splits import tokens_with_events
 from pumpcast.store import TokenDataManager
@@ -191,7 +191,7 @@ def score_ranges(
     the baselines only where the model scores too (same steps, same days); tokens whose events are unknown are
     left out (nothing to score against). Calibration at training and evaluation both start from here."""
     if baselines is None:
-        baselines = BaselineSet.from_dict(bundle.pump.baselines) if bundle.pump is not None else BaselineSet()
+        baselines = bundle.pump.baselines if bundle.pump is not None else BaselineSet()
     out = []
     items = sorted(ranges.items())
     for t, rng in tqdm(items, desc="scoring tokens", unit="token", disable=len(items) < 5 or not sys.stderr.isatty()):
@@ -220,8 +220,7 @@ def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str,
     """Per-step scores for the event metrics: the model's calibrated alarm probability, each baseline and, when
     the model file has one, the ensemble of the model with its best baseline."""
     out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in scored[0].baselines}} if scored else {}
-    spec = detector.calibration.ensemble
-    ensemble = Ensemble.from_dict(spec) if spec else None
+    ensemble = detector.calibration.ensemble
     for r in scored:
         tok = r.token
         out["model"].append(
@@ -305,7 +304,7 @@ def calibrate(
         threshold=threshold,
         max_false_alarms_per_day=max_false_alarms_per_day,
         alarm_output=alarm_output,
-        baselines=baselines.to_dict(),
+        baselines=baselines,
         ensemble=ensemble,
         val_metrics=val_metrics.to_dict(),
     )
@@ -313,9 +312,9 @@ def calibrate(
 
 def fit_ensemble(
     scored: list[RangeScores], probability, baselines: BaselineSet, horizon: int, max_false_alarms_per_day: float
-) -> dict[str, Any]:
+) -> Ensemble | None:
     """The model with the baseline of the highest validation AUPRC (detectors.Ensemble) and its threshold for the
-    budget, all on the validation tokens; {} without a baseline or a validation event."""
+    budget, all on the validation tokens; None without a baseline or a validation event."""
     model = [probability(r.logits) for r in scored]
     labels = np.concatenate(
         [
@@ -330,7 +329,7 @@ def fit_ensemble(
         if np.isfinite(ap) and (best is None or ap > best[0]):
             best = (ap, name, base)
     if best is None:
-        return {}
+        return None
     _, name, base = best
     both = np.isfinite(np.concatenate(model)) & np.isfinite(np.concatenate(base))
     ens = Ensemble.fit(name, np.concatenate(model)[both], np.concatenate(base)[both])
@@ -338,4 +337,4 @@ def fit_ensemble(
         TokenScores(r.token.token_id, ens.score(p, b), r.token.events, r.steps_per_day)
         for p, b, r in zip(model, base, scored, strict=True)
     ]
-    return {**asdict(ens), "threshold": choose_threshold(items, horizon, max_false_alarms_per_day)}
+    return replace(ens, threshold=choose_threshold(items, horizon, max_false_alarms_per_day))

@@ -20,15 +20,14 @@ it (and load it without unpickling anything).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from pumpcast.events import TokenScores, judged_kind, pump_labels
-from pumpcast.metrics import average_precision, event_metrics
-from pumpcast.pumps import choose_threshold
+from pumpcast.metrics import average_precision, choose_threshold, event_metrics
 from pumpcast.schema import BUYS, PRICE, SELLS, VOLUME, ModelFileError, TokenSeries
 
 #: Bars over which a volume is put in units of the token's typical active bar (a day of 1-minute bars).
@@ -70,6 +69,15 @@ SIGNALS: dict[str, tuple[Callable[[TokenSeries], np.ndarray], tuple[float, ...]]
 WINDOWS = (60, 240, 1440)
 
 
+class Detector(Protocol):
+    """A baseline pump detector: a per-bar score of a token from its past only, and the alarm threshold fitted
+    for it on validation data (kept on the detector, as Darts keeps a fitted threshold on its detector)."""
+
+    threshold: float
+
+    def score(self, tok: TokenSeries) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class ZScoreDetector:
     """Rolling z-score of one SIGNALS series."""
@@ -77,6 +85,7 @@ class ZScoreDetector:
     signal: str
     window: int
     floor: float
+    threshold: float = float("inf")
 
     def score(self, tok: TokenSeries) -> np.ndarray:
         return rolling_zscore(SIGNALS[self.signal][0](tok), self.window, self.floor)
@@ -124,13 +133,13 @@ class LogisticDetector:
     coef: tuple[float, ...]
     intercept: float
     C: float
+    threshold: float = float("inf")
 
     def score(self, tok: TokenSeries) -> np.ndarray:
         z = np.nan_to_num((morgia_features(tok) - np.asarray(self.mean)) / np.asarray(self.scale))
         return z @ np.asarray(self.coef) + self.intercept
 
 
-Detector = ZScoreDetector | LogisticDetector
 #: Exceedance probabilities at which a score's validation distribution is kept for the ensemble (1 to 1e-5).
 TAIL_PROBS = np.logspace(0.0, -5.0, 101)
 
@@ -149,6 +158,7 @@ class Ensemble:
     baseline: str
     model_levels: tuple[float, ...]
     baseline_levels: tuple[float, ...]
+    threshold: float = float("inf")
 
     @classmethod
     def fit(cls, baseline: str, model: np.ndarray, base: np.ndarray) -> Ensemble:
@@ -162,9 +172,16 @@ class Ensemble:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "model file") -> Ensemble:
         try:
-            ens = cls(str(d["baseline"]), tuple(map(float, d["model_levels"])), tuple(map(float, d["baseline_levels"])))
+            ens = cls(
+                str(d["baseline"]),
+                tuple(map(float, d["model_levels"])),
+                tuple(map(float, d["baseline_levels"])),
+                float(d.get("threshold", np.inf)),
+            )
             if not (np.isfinite(ens.model_levels).all() and np.isfinite(ens.baseline_levels).all()):
                 raise ValueError("levels must be finite numbers")
+            if not ens.threshold >= 0:
+                raise ValueError(f"threshold {ens.threshold!r} must be a surprise >= 0 (or inf)")
             return ens
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: damaged ensemble ({type(exc).__name__}: {exc})") from exc
@@ -188,17 +205,17 @@ class BaselineSet:
     """The tuned baselines of one model (or fold) and their alarm thresholds for the false-alarm budget."""
 
     detectors: dict[str, Detector] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {name: d.threshold for name, d in self.detectors.items()}
 
     def scores(self, tok: TokenSeries) -> dict[str, np.ndarray]:
         """Every detector's per-bar score of one token (NaN where it cannot score)."""
         return {name: d.score(tok) for name, d in self.detectors.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            name: {"kind": type(d).__name__, **asdict(d), "threshold": self.thresholds[name]}
-            for name, d in self.detectors.items()
-        }
+        return {name: {"kind": type(d).__name__, **asdict(d)} for name, d in self.detectors.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "model file") -> BaselineSet:
@@ -208,7 +225,9 @@ class BaselineSet:
                 spec = dict(spec)
                 kind, threshold = spec.pop("kind"), float(spec.pop("threshold"))
                 if kind == "ZScoreDetector":
-                    det: Detector = ZScoreDetector(str(spec["signal"]), int(spec["window"]), float(spec["floor"]))
+                    det: Detector = ZScoreDetector(
+                        str(spec["signal"]), int(spec["window"]), float(spec["floor"]), threshold
+                    )
                     if det.signal not in SIGNALS:
                         raise ValueError(f"unknown signal {det.signal!r}")
                 elif kind == "LogisticDetector":
@@ -218,6 +237,7 @@ class BaselineSet:
                         tuple(map(float, spec["coef"])),
                         float(spec["intercept"]),
                         float(spec["C"]),
+                        threshold,
                     )
                 else:
                     raise ValueError(f"unknown detector kind {kind!r}")
@@ -225,7 +245,7 @@ class BaselineSet:
                     raise ValueError(f"{name}: threshold {threshold!r} or a parameter is not a number")
                 if isinstance(det, ZScoreDetector) and not (det.window >= 1 and det.floor > 0):
                     raise ValueError(f"{name}: window {det.window} or floor {det.floor} is not positive")
-                out.detectors[str(name)], out.thresholds[str(name)] = det, threshold
+                out.detectors[str(name)] = det
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: damaged baseline detectors ({type(exc).__name__}: {exc})") from exc
         return out
@@ -241,7 +261,7 @@ def _items(tokens: Sequence[TokenSeries], ranges: Mapping[int, tuple[int, int]],
 
 def tune_zscore(
     signal: str, tokens: Sequence[TokenSeries], ranges: Mapping[int, tuple[int, int]], horizon: int, budget: float
-) -> tuple[ZScoreDetector, float] | None:
+) -> ZScoreDetector | None:
     """The window and floor of one signal's z-score, and its threshold, best on the given tokens' ranges (most
     events detected within the false-alarm budget, then fewest false alarms, then highest AUPRC); None when no
     token has the signal."""
@@ -256,9 +276,9 @@ def tune_zscore(
             m = event_metrics(items, th, horizon)
             key = (np.nan_to_num(m.recall), -m.false_alarms_per_day, np.nan_to_num(m.auprc))
             if best is None or key > best[0]:
-                best = (key, det, th)
+                best = (key, replace(det, threshold=th))
     assert best is not None
-    return best[1], best[2]
+    return best[1]
 
 
 def fit_logistic(
@@ -318,9 +338,9 @@ def fit_baselines(
     for signal in SIGNALS:
         tuned = tune_zscore(signal, tokens, both, horizon, budget)
         if tuned is not None:
-            out.detectors[signal], out.thresholds[signal] = tuned
+            out.detectors[signal] = tuned
     logistic = fit_logistic(tokens, train, val, horizon)
     if logistic is not None:
-        out.detectors["logistic"] = logistic
-        out.thresholds["logistic"] = choose_threshold(_items(tokens, val, logistic.score), horizon, budget)
+        th = choose_threshold(_items(tokens, val, logistic.score), horizon, budget)
+        out.detectors["logistic"] = replace(logistic, threshold=th)
     return out

@@ -18,7 +18,6 @@ import numpy as np
 
 from pumpcast import baselines
 from pumpcast.config import TestConfig
-from pumpcast.detection import PumpDetector
 from pumpcast.events import TokenScores, is_real, pump_events
 from pumpcast.files import atomic_write, atomic_write_json
 from pumpcast.forecasting import Forecaster
@@ -27,7 +26,6 @@ from pumpcast.modelfile import require_store_fit
 from pumpcast.plots import ForecastPanel, plot_correlations, plot_event, plot_features, plot_forecasts, plot_splits
 from pumpcast.schema import PRICE, DataError, ModelFileError, TokenSeries
 from pumpcast.scoring import (
-    detector_thresholds,
     event_table,
     fold_token_scores,
     forecast_tables,
@@ -190,7 +188,7 @@ def evaluate_store(
         raise DataError(f"split {split.strategy!r} has no test tokens; evaluate needs a split with a test part")
     require_store_fit(bundle, store, split.tokens("test"))
     pump = bundle.pump
-    thresholds = detector_thresholds(PumpDetector(bundle))
+    thresholds = pump.thresholds
     pictures: list[str] = []
     sources: dict[int, str] = {}
 

@@ -258,6 +258,18 @@ def percentile_interval(draws: np.ndarray, axis: int = 0) -> tuple[np.ndarray, n
     return lo, hi
 
 
+def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarms_per_day: float = 1.0) -> float:
+    """The lowest threshold whose false alarms per day stay within the budget, on the given (validation)
+    tokens. Lower thresholds only add alarms, so the highest recall within budget is the lowest such one."""
+    values = np.concatenate([it.scores[np.isfinite(it.scores)] for it in items]) if items else np.zeros(0)
+    if values.size == 0:
+        return float("inf")
+    candidates = np.unique(np.quantile(values, np.linspace(0.5, 1.0, 401)))
+    within = np.flatnonzero(false_alarms_per_day(items, horizon, candidates) <= max_false_alarms_per_day)
+    return float(candidates[within[0]]) if within.size else float(np.nextafter(values.max(), np.inf))
+
+
+
 #: The pooled event metrics the bootstrap gives intervals for.
 EVENT_RATES = ("recall", "early_warning_rate", "false_alarms_per_day", "median_delay_steps", "auprc")
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from pumpcast.calibration import ForecastCalibration
-from pumpcast.detectors import BaselineSet, Ensemble
 from pumpcast.files import atomic_write
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.pumps import PumpCalibration
@@ -221,10 +220,6 @@ def bundle_from_payload(payload: dict[str, Any], model: Any, path: Path) -> Mode
                 raise ModelFileError(f"{path}: {name} is {value!r}, it must be {rule}; retrain or restore the file")
         pump, calibration = payload.get("pump"), payload.get("forecast_calibration")
         pump = PumpCalibration.from_dict(pump, str(path)) if pump is not None else None
-        if pump is not None:  # the baselines and the ensemble are parsed where they are used; checked here
-            BaselineSet.from_dict(pump.baselines, str(path))
-            if pump.ensemble:
-                Ensemble.from_dict(pump.ensemble, str(path))
         return ModelBundle(
             model=model,
             normalizer=Normalizer(center, scale),

@@ -6,25 +6,15 @@ in events.py, the event metrics in metrics.py, the baselines set beside the mode
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
-from pumpcast.events import PUMP_TARGETS, TokenScores
-from pumpcast.metrics import false_alarms_per_day
+from pumpcast.detectors import BaselineSet, Ensemble
+from pumpcast.events import PUMP_TARGETS
 from pumpcast.schema import ModelFileError
-
-
-def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarms_per_day: float = 1.0) -> float:
-    """The lowest threshold whose false alarms per day stay within the budget, on the given (validation)
-    tokens. Lower thresholds only add alarms, so the highest recall within budget is the lowest such one."""
-    values = np.concatenate([it.scores[np.isfinite(it.scores)] for it in items]) if items else np.zeros(0)
-    if values.size == 0:
-        return float("inf")
-    candidates = np.unique(np.quantile(values, np.linspace(0.5, 1.0, 401)))
-    within = np.flatnonzero(false_alarms_per_day(items, horizon, candidates) <= max_false_alarms_per_day)
-    return float(candidates[within[0]]) if within.size else float(np.nextafter(values.max(), np.inf))
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, float]:
@@ -56,7 +46,7 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple
 def calibrated(logits: np.ndarray, calibration: Sequence[Sequence[float]]) -> np.ndarray:
     """Raw pump logits (..., 3) -> calibrated probabilities (..., 3); NaN stays NaN."""
     ab = np.asarray(calibration, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-(np.asarray(logits) * ab[:, 0] + ab[:, 1])))
+    return expit(np.asarray(logits) * ab[:, 0] + ab[:, 1])  # the logistic function, without overflow warnings
 
 
 def _legacy_baselines(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -72,17 +62,17 @@ def _legacy_baselines(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 class PumpCalibration:
     """Everything chosen on validation data for a model's pump head, stored in its model file: Platt (a, b)
     per pump output, which output raises alarms ("any" or "now"), the alarm threshold for the false-alarm
-    budget, the tuned baselines with their thresholds for the same budget (`detectors.BaselineSet.to_dict`), the
-    ensemble of the model and its best baseline with its threshold, and the validation metrics behind the
-    choices."""
+    budget, the tuned baselines, each with its threshold for the same budget, the ensemble of the model and its
+    best baseline with its threshold, and the validation metrics behind the choices. Parsed and checked once,
+    when the model file is read."""
 
     horizon: int
     calibration: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0]] * len(PUMP_TARGETS))
     threshold: float = float("inf")
     max_false_alarms_per_day: float = 1.0
     alarm_output: str = "any"
-    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ensemble: dict[str, Any] = field(default_factory=dict)  # detectors.Ensemble fields and its threshold
+    baselines: BaselineSet = field(default_factory=BaselineSet)
+    ensemble: Ensemble | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -90,8 +80,19 @@ class PumpCalibration:
         """Raw pump logits (T, 3) -> the calibrated probability (T,) of the output that raises alarms."""
         return calibrated(logits, self.calibration)[:, PUMP_TARGETS.index(self.alarm_output)]
 
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The alarm threshold of the model, of each baseline and of the ensemble."""
+        ensemble = {"ensemble": self.ensemble.threshold} if self.ensemble is not None else {}
+        return {"model": self.threshold, **self.baselines.thresholds, **ensemble}
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data for the model file."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("baselines", "ensemble")}
+        return plain | {
+            "baselines": self.baselines.to_dict(),
+            "ensemble": asdict(self.ensemble) if self.ensemble is not None else {},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "model file") -> PumpCalibration:
@@ -102,8 +103,8 @@ class PumpCalibration:
                 threshold=float(d["threshold"]),
                 max_false_alarms_per_day=float(d["max_false_alarms_per_day"]),
                 alarm_output=str(d.get("alarm_output", "any")),
-                baselines=dict(d["baselines"]) if "baselines" in d else _legacy_baselines(d),
-                ensemble=dict(d.get("ensemble", {})),
+                baselines=BaselineSet.from_dict(d["baselines"] if "baselines" in d else _legacy_baselines(d), where),
+                ensemble=Ensemble.from_dict(d["ensemble"], where) if d.get("ensemble") else None,
                 val_metrics=dict(d.get("val_metrics", {})),
                 note=str(d.get("note", "")),
             )
@@ -111,7 +112,6 @@ class PumpCalibration:
             raise ModelFileError(f"{where}: damaged pump calibration ({type(exc).__name__}: {exc})") from exc
         if len(cal.calibration) != len(PUMP_TARGETS) or cal.alarm_output not in PUMP_TARGETS:
             raise ModelFileError(f"{where}: damaged pump calibration (outputs or alarm_output)")
-        ensemble_threshold = float(cal.ensemble.get("threshold", 0.0)) if cal.ensemble else 0.0
         for name, value, ok, rule in (
             ("pump.horizon", cal.horizon, cal.horizon >= 1, "a number of steps >= 1"),
             ("pump.calibration", cal.calibration, np.isfinite(cal.calibration).all(), "finite Platt parameters"),
@@ -119,7 +119,6 @@ class PumpCalibration:
              "a probability in [0, 1] (or inf: no alarms)"),
             ("pump.max_false_alarms_per_day", cal.max_false_alarms_per_day,
              0.0 < cal.max_false_alarms_per_day < np.inf, "a positive number"),
-            ("pump.ensemble.threshold", ensemble_threshold, ensemble_threshold >= 0.0, "a surprise >= 0 (or inf)"),
         ):
             if not ok:
                 raise ModelFileError(f"{where}: {name} is {value!r}, it must be {rule}; retrain or restore the file")

@@ -23,7 +23,6 @@ import pandas as pd
 
 from pumpcast import baselines
 from pumpcast.detection import PumpDetector, event_scores, score_token_range
-from pumpcast.detectors import BaselineSet
 from pumpcast.events import TokenScores, pump_events
 from pumpcast.forecasting import Forecaster
 from pumpcast.losses import QuantileLoss
@@ -241,8 +240,8 @@ def fold_token_scores(
     first = max(forecaster.seq_len, context, baselines.WARMUP)
     ridge = baselines.fit_ridge_ranges(store, split.ranges["train"], split.ranges["val"], horizons, baselines.WARMUP)
     detector = PumpDetector(bundle) if bundle.has_pump_head else None
-    thresholds = detector_thresholds(detector) if detector is not None else {}
-    model_set = BaselineSet.from_dict(detector.calibration.baselines) if detector is not None else None
+    thresholds = detector.calibration.thresholds if detector is not None else {}
+    model_set = detector.calibration.baselines if detector is not None else None
     tokens, sums, events = [], [], {}
     for t in split.tokens("test"):
         rng = split.ranges["test"][t]
@@ -274,16 +273,6 @@ def fold_token_scores(
         events=events if detector is not None else None,
         seconds=time.perf_counter() - started,
     )
-
-
-def detector_thresholds(detector: PumpDetector) -> dict[str, float]:
-    """The alarm threshold of the model, each baseline and the ensemble, as stored in the model file."""
-    pump = detector.calibration
-    return {
-        "model": pump.threshold,
-        **BaselineSet.from_dict(pump.baselines).thresholds,
-        **({"ensemble": pump.ensemble["threshold"]} if pump.ensemble else {}),
-    }
 
 
 # --------------------------------------------------------------------------------------------- summaries
