@@ -284,3 +284,24 @@ def test_thresholds_are_chosen_on_real_tokens_when_the_store_has_them(binance_di
         tokens[:3], {t: full[t] for t in synthetic[:2]}, {synthetic[2]: full[synthetic[2]]}, 10, 1.0
     )
     assert synthetic_only.thresholds != real_only.thresholds
+
+
+def test_each_test_token_is_read_once_per_fold(trained, monkeypatch):
+    from collections import Counter
+
+    from pumpcast.scoring import fold_token_scores
+    from pumpcast.splits import load_split_file
+
+    store = TokenDataManager(trained / "data")
+    split = load_split_file(store.split_path, store.lengths())
+    reads: Counter[int] = Counter()
+    original = TokenDataManager.read
+
+    def counted(self, token_id):
+        reads[token_id] += 1
+        return original(self, token_id)
+
+    monkeypatch.setattr(TokenDataManager, "read", counted)
+    fold = fold_token_scores(load_model_file(trained / "m.pth"), store, split, (1, 5), every=7, context=100)
+    assert fold.tokens == split.tokens("test") and fold.events["model"]
+    assert {t: reads[t] for t in split.tokens("test")} == {t: 1 for t in split.tokens("test")}

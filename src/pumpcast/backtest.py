@@ -93,7 +93,7 @@ def _fingerprint(cfg: TrainConfig, bt: BacktestConfig, store: TokenDataManager) 
     are now (key, the write that made it, steps) and the fixed model's bytes, so that a fold saved before the
     store or the model changed is scored again, never reused for other tokens."""
     settings = to_dict({**cfg.sections(), "backtest": replace(bt, output_dir="")})
-    tokens = {t: [e.get("key"), e.get("txid", ""), e["steps"]] for t, e in store.metadata()["tokens"].items()}
+    tokens = {str(t): [e.key, e.txid, e.steps] for t, e in store.entries().items()}
     model = hashlib.sha256(Path(bt.load_model).read_bytes()).hexdigest() if bt.load_model else ""
     state = {"settings": settings, "tokens": tokens, "model": model}
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -126,9 +126,9 @@ def load_split_file(path: str | Path, lengths: dict[int, int]) -> Split:
 def tokens_with_events(store: TokenDataManager) -> set[int]:
     """Ids of the tokens validation takes first: those that carry events (calibration needs events), and of
     them only the real ones when the store has any (thresholds are chosen on the kind of data they judge)."""
-    tokens = store.metadata()["tokens"]
-    with_events = {int(t) for t, m in tokens.items() if m.get("events", 0)}
-    real = {t for t in with_events if is_real(str(tokens[str(t)].get("source", "")))}
+    entries = store.entries()
+    with_events = {t for t, e in entries.items() if e.events}
+    real = {t for t in with_events if is_real(entries[t].source)}
     return real or with_events
 
 

@@ -87,6 +87,31 @@ class Transaction:
         self.entries.extend(entries)
 
 
+@dataclass(frozen=True)
+class TokenEntry:
+    """What the metadata says of one stored token (readers use this, not the raw JSON)."""
+
+    id: int
+    key: str
+    source: str
+    interval_ms: int
+    steps: int
+    events: int
+    txid: str
+
+    @classmethod
+    def of(cls, token_id: str | int, e: dict[str, Any]) -> TokenEntry:
+        return cls(
+            int(token_id),
+            str(e.get("key", "")),
+            str(e.get("source", "")),
+            int(e["interval_ms"]),
+            int(e["steps"]),
+            int(e.get("events", 0)),
+            str(e.get("txid", "")),
+        )
+
+
 @dataclass
 class StoreCheck:
     """What `TokenDataManager.check` found (and, with repair, did): one line per problem, leftover file, repair."""
@@ -214,15 +239,19 @@ class TokenDataManager:
     def token_path(self, token_id: int) -> Path:
         return self.sequences / f"token_{token_id}.h5"
 
+    def entries(self) -> dict[int, TokenEntry]:
+        """What the metadata says of every token, by id (no HDF5 reads)."""
+        return {int(t): TokenEntry.of(t, e) for t, e in self.metadata()["tokens"].items()}
+
     def intervals(self, token_ids: Iterable[int] | None = None) -> dict[int, int]:
         """Bar length (ms) of the given tokens (default: all), from the metadata."""
-        tokens = self.metadata()["tokens"]
-        ids = [int(t) for t in tokens] if token_ids is None else [int(t) for t in token_ids]
-        return {t: int(tokens[str(t)]["interval_ms"]) for t in ids if str(t) in tokens}
+        entries = self.entries()
+        ids = list(entries) if token_ids is None else [int(t) for t in token_ids]
+        return {t: entries[t].interval_ms for t in ids if t in entries}
 
     def lengths(self) -> dict[int, int]:
         """Steps per token, from the metadata (no HDF5 reads)."""
-        return {int(i): int(t["steps"]) for i, t in self.metadata()["tokens"].items()}
+        return {t: e.steps for t, e in self.entries().items()}
 
     # ---------------------------------------------------------------- writing
     @contextmanager

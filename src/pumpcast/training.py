@@ -587,12 +587,12 @@ def train(
 
 def package(trained: Trained, cfg: TrainConfig) -> ModelBundle:
     """The model file's contents from a trained network (calibration still to come)."""
-    tokens = trained.store.metadata()["tokens"]
+    intervals = trained.store.intervals()
     return ModelBundle(
         model=trained.model,
         normalizer=trained.normalizer,
         data=DataInfo(
-            interval_ms=int(next(iter(tokens.values()))["interval_ms"]) if tokens else 60_000,
+            interval_ms=next(iter(intervals.values())) if intervals else 60_000,
             split_strategy=trained.split.strategy,
             data_dir=str(cfg.data.data_dir),
             seed=cfg.data.seed,
