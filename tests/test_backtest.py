@@ -13,10 +13,10 @@ from helpers import TINY_MODEL
 
 from pumpcast import baselines
 from pumpcast.backtest import time_folds, token_folds
-from pumpcast.calibration import ForecastCalibration, context_stats, fit_calibration
 from pumpcast.cli import main
 from pumpcast.config import PRESETS, BacktestConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from pumpcast.evaluation import _panel, forecast_test_tokens
+from pumpcast.forecast_calibration import ForecastCalibration, context_stats, fit_calibration
 from pumpcast.forecasting import Forecaster, long_format
 from pumpcast.losses import QuantileLoss, mean_weights
 from pumpcast.metrics import FORECAST_STATS, forecast_sums

@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import TINY_MODEL
 
+from pumpcast.calibration import fit_damping
 from pumpcast.cli import main, pump_trainer_main
 from pumpcast.detection import PumpDetector
 from pumpcast.detectors import ZScoreDetector
@@ -355,7 +356,7 @@ def test_rollout_damping_is_chosen_on_validation_and_bounds_price_moves(seed_run
     store = TokenDataManager(work / "training-data")
     split = Split.from_json(store.load_split())
     forecaster = Forecaster(bundle)
-    assert forecaster.fit_damping(store, split.ranges["val"]) == bundle.rollout_damping
+    assert fit_damping(forecaster, store, split.ranges["val"]) == bundle.rollout_damping
     history = store.read_features(0)[:300][None]
     flat = forecaster.rollout(history, 40, damping=0.0)[0, :, 0]
     assert np.all(flat[8:] == flat[7])  # after the first pass of 8 steps the price holds

@@ -10,8 +10,9 @@ import pytest
 import torch
 from helpers import TINY_MODEL
 
+from pumpcast.calibration import calibrate_pump_head as calibrate
 from pumpcast.cli import main
-from pumpcast.detection import PumpDetector, calibrate
+from pumpcast.detection import PumpDetector
 from pumpcast.forecasting import Forecaster
 from pumpcast.modelfile import load_model_file
 from pumpcast.splits import Split

@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _API = {
     "fit": "training",
     "train": "training",
-    "calibrate": "training",
+    "calibrate": "calibration",
     "package": "training",
     "tune": "tuning",
     "backtest": "backtest",

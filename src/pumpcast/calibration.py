@@ -1,202 +1,208 @@
-"""What a quantile model's price forecast learns on validation data after training, per step ahead h of its
-first pass (1..horizon), so that it does not lose to the simple forecasts it is judged beside. Measured on
-the real shared events (README, "Real data"), each part earned its place:
+"""Everything a model file keeps that is chosen on validation data after training, in one place, in the order
+`calibrate` runs it (training.fit calls it; a backtest fold's fit too):
 
-- quantile averaging: the model's quantiles are averaged level by level with the empirical quantiles of
-  the window's own past h-step changes (Vincentization, Genest 1992), w_h * model + (1 - w_h) * empirical,
-  w_h chosen on validation by pinball loss. The empirical quantiles know each token's own scale; the
-  network knows the shape. The average beat both on every horizon.
-- shrink: the median's move is scaled by s in [0, 1] with the lowest validation MAE, per step and per
-  volatility regime (the last 30 steps' mean absolute return against the window's: below the validation
-  median, up to its 90th percentile, above), and only where it beats "no change" on validation by more than
-  two standard errors; otherwise s = 0. Most one-minute changes of a thin market are exactly zero, so a noisy
-  median is pulled to "no change" where it has no edge and kept where it has one.
-- mean: a_h * (the model's mean) + b_h * (a ridge regression's forecast), least squares on validation (a
-  stacked ensemble, Wolpert 1992). The ridge (baselines.py) is fitted on the training ranges, its penalty on
-  validation. Direction is judged on the mean.
+1. the pump head (`calibrate_pump_head`): Platt scaling of its logits, which output raises alarms and the
+   alarm threshold for the false-alarm budget; the baselines tuned beside it (detectors.fit_baselines) and the
+   ensemble of the model with its best baseline (`fit_ensemble`), each with its threshold;
+2. the price forecast of a quantile model (forecast_calibration.calibrate_forecasts: empirical average,
+   median shrink, ridge blend);
+3. the rollout damping of long forecasts (`fit_damping`).
 
-Everything reads only the history given (the ridge needs baselines.WARMUP steps of it). Rescaling each
-quantile's spread on validation was tried and dropped: it lowered coverage and raised pinball loss on the
-held-out tokens (3 validation tokens are too few to fit 7 x 60 factors).
-
-All of it is stored in the model file and applied by the Forecaster; later passes of a long rollout build
-on the calibrated first pass.
+Validation ranges only choose; training ranges only fit (the baselines' logistic regression, the ridge).
+The records these produce live with what they describe: pumps.PumpCalibration, forecast_calibration's
+ForecastCalibration, ModelBundle.rollout_damping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+import logging
+from dataclasses import replace
 
 import numpy as np
 
 from pumpcast import baselines
-from pumpcast.losses import mean_weights
-from pumpcast.metrics import pinball
-from pumpcast.schema import PRICE, ModelFileError
+from pumpcast.detection import RangeScores, score_ranges
+from pumpcast.detectors import BaselineSet, Ensemble, fit_baselines
+from pumpcast.events import ANY, PUMP_TARGETS, TokenScores, judged_kind, pump_labels
+from pumpcast.forecast_calibration import calibrate_forecasts
+from pumpcast.forecasting import Forecaster, origin_windows
+from pumpcast.metrics import average_precision, choose_threshold, event_metrics
+from pumpcast.modelfile import ModelBundle
+from pumpcast.pumps import PumpCalibration, calibrated, fit_platt
+from pumpcast.schema import PRICE
+from pumpcast.splits import tokens_with_events
+from pumpcast.store import TokenDataManager
 
-if TYPE_CHECKING:
-    from pumpcast.store import TokenDataManager
-
-SHRINK_GRID = np.linspace(0.0, 1.0, 21)
-WEIGHT_GRID = np.linspace(0.0, 1.0, 11)
-REGIME_QUANTILES = (0.5, 0.9)  # volatility regimes: calm, normal, agitated
-RECENT_STEPS = 30  # the volatility regime compares these last steps with the whole window
-SHRINK_BLOCK = 60  # origins per block in the shrink's standard error
-MAX_ORIGINS = 20_000  # validation origins used (evenly spread), bounding the time calibration takes
-
-
-def context_stats(windows: np.ndarray, horizon: int, levels: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw windows (B, L, 6) -> empirical quantiles of each window's own past h-step log price changes for
-    h = 1..horizon (B, horizon, K), and its volatility regime score (B,): log of the mean absolute one-step
-    return of the last RECENT_STEPS steps over that of the whole window."""
-    lp = np.log(windows[..., PRICE])
-    emp = np.stack([np.quantile(lp[:, h:] - lp[:, :-h], levels, axis=1).T for h in range(1, horizon + 1)], axis=1)
-    moves = np.abs(np.diff(lp, axis=1))
-    score = np.log((moves[:, -RECENT_STEPS:].mean(axis=1) + 1e-6) / (moves.mean(axis=1) + 1e-6))
-    return emp, score
+log = logging.getLogger(__name__)
+#: Training tokens the baselines are tuned and fitted on at most (a large synthetic store needs no more).
+BASELINE_TOKENS = 64
 
 
-@dataclass
-class ForecastCalibration:
-    """Per-step calibration of the first pass's log price change; see the module docstring."""
-
-    weight: np.ndarray  # (H,) the model's weight in the quantile average (the empirical one has 1 - weight)
-    edges: np.ndarray  # (2,) volatility regime edges
-    shrink: np.ndarray  # (H, 3) median shrink per step and regime
-    blend: np.ndarray  # (H, 2) weights of the model's mean and the ridge forecast
-    ridge: baselines.Ridge  # H outputs: steps 1..H
-
-    def apply(
-        self, quantiles: np.ndarray, history: np.ndarray, levels: tuple[float, ...], seq_len: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The network's quantiles of the log price change (B, H, K) and the raw histories (B, T >= seq_len, 6)
-        -> calibrated quantiles (B, H, K) and the mean (B, H)."""
-        med = levels.index(0.5)
-        window = history[:, -seq_len:]
-        emp, score = context_stats(window, quantiles.shape[1], levels)
-        mix = self.weight[:, None] * quantiles + (1 - self.weight[:, None]) * emp  # (B, H, K)
-        regime = np.digitize(score, self.edges)  # (B,)
-        centre = mix[..., med] * self.shrink[:, regime].T  # (B, H)
-        out = np.sort(centre[..., None] + mix - mix[..., med : med + 1], axis=-1)
-        ridge = self.ridge.predict(
-            np.concatenate([baselines.ridge_features(h, np.array([h.shape[0]])) for h in history])
-        )
-        mean = self.blend[:, 0] * (quantiles @ mean_weights(levels)) + self.blend[:, 1] * ridge
-        return out, mean
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f.name: getattr(self, f.name).tolist() for f in fields(self) if f.name != "ridge"}
-        out["ridge"] = {f.name: getattr(self.ridge, f.name).tolist() for f in fields(self.ridge)}
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], horizon: int, where: str = "model file") -> ForecastCalibration:
-        """From the model file, every array checked: finite, and shaped for the model's horizon."""
-        try:
-            arrays = {k: np.asarray(v, dtype=np.float64) for k, v in d.items() if k != "ridge"}
-            ridge = baselines.Ridge(**{k: np.asarray(v, dtype=np.float64) for k, v in d["ridge"].items()})
-            cal = cls(**arrays, ridge=ridge)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{where}: damaged forecast_calibration ({type(exc).__name__}: {exc})") from exc
-        shapes = {"weight": (horizon,), "edges": (2,), "shrink": (horizon, 3), "blend": (horizon, 2)}
-        for name, shape in shapes.items():
-            value = getattr(cal, name)
-            if value.shape != shape or not np.isfinite(value).all():
-                raise ModelFileError(
-                    f"{where}: forecast_calibration.{name} must be {shape} finite numbers for horizon {horizon}; "
-                    "retrain or restore the file"
-                )
-        for f in fields(cal.ridge):
-            if not np.isfinite(getattr(cal.ridge, f.name)).all():
-                raise ModelFileError(f"{where}: forecast_calibration.ridge.{f.name} holds NaN or infinite values")
-        return cal
-
-
-def _shrink(y: np.ndarray, median: np.ndarray) -> float:
-    """The shrink with the lowest validation MAE among those that beat "no change" (s = 0) by more than two
-    standard errors, else 0. Errors are averaged over blocks of SHRINK_BLOCK consecutive origins first, since
-    neighbouring origins share most of their future."""
-    blocks = y.size // SHRINK_BLOCK
-    if blocks < 5:
-        return 0.0
-    n = blocks * SHRINK_BLOCK
-    gain = np.abs(SHRINK_GRID[:, None] * median[None, :n] - y[None, :n]) - np.abs(y[None, :n])  # (S, n)
-    per_block = gain.reshape(len(SHRINK_GRID), blocks, SHRINK_BLOCK).mean(axis=2)
-    mean, se = per_block.mean(axis=1), per_block.std(axis=1, ddof=1) / np.sqrt(blocks)
-    better = mean + 2 * se < 0
-    return float(SHRINK_GRID[int(np.argmin(np.where(better, mean, np.inf)))]) if better.any() else 0.0
-
-
-def fit_calibration(
-    quantiles: np.ndarray,
-    empirical: np.ndarray,
-    score: np.ndarray,
-    ridge_val: np.ndarray,
-    actual: np.ndarray,
-    levels: tuple[float, ...],
-    ridge: baselines.Ridge,
-) -> ForecastCalibration:
-    """Choose the calibration from validation origins: the network's quantiles (n, H, K) of the log price
-    change, the empirical quantiles (n, H, K) and regime scores (n,) of their windows (context_stats), the
-    ridge's forecasts (n, H) and what happened (n, H; NaN unknown)."""
-    n_steps = quantiles.shape[1]
-    med = levels.index(0.5)
-    edges = np.quantile(score, REGIME_QUANTILES) if score.size else np.zeros(2)
-    regime = np.digitize(score, edges)
-    weight, shrink, blend = np.ones(n_steps), np.zeros((n_steps, 3)), np.zeros((n_steps, 2))
-    mean = quantiles @ mean_weights(levels)
-    for h in range(n_steps):
-        ok = np.isfinite(actual[:, h])
-        if ok.sum() < 10:
-            shrink[h], blend[h, 0] = 1.0, 1.0
-            continue
-        y, q, e = actual[ok, h], quantiles[ok, h], empirical[ok, h]
-        losses = [float(pinball(y, w * q + (1 - w) * e, levels).mean()) for w in WEIGHT_GRID]
-        weight[h] = WEIGHT_GRID[int(np.argmin(losses))]
-        centre = weight[h] * q[:, med] + (1 - weight[h]) * e[:, med]
-        shrink[h] = [_shrink(y[regime[ok] == r], centre[regime[ok] == r]) for r in range(3)]
-        blend[h] = np.linalg.lstsq(np.stack([mean[ok, h], ridge_val[ok, h]], axis=1), y, rcond=None)[0]
-    return ForecastCalibration(weight, edges, shrink, blend, ridge)
-
-
-def calibrate_forecasts(
-    forecast: Callable[[np.ndarray], np.ndarray],
+def calibrate(
+    bundle: ModelBundle,
     store: TokenDataManager,
-    train_ranges: Mapping[int, tuple[int, int]],
-    val_ranges: Mapping[int, tuple[int, int]],
-    seq_len: int,
-    horizon: int,
-    levels: tuple[float, ...],
-) -> ForecastCalibration:
-    """The calibration of a model whose uncalibrated first pass is `forecast` (histories (B, seq_len, 6) ->
-    quantiles of the log price change (B, horizon, K)), from validation origins spread evenly over val_ranges
-    (at most MAX_ORIGINS); its ridge is fitted on train_ranges. Needs seq_len > horizon + 1 (the empirical
-    quantiles) and seq_len >= baselines.WARMUP (the ridge)."""
-    steps = tuple(range(1, horizon + 1))
-    first = max(seq_len, baselines.WARMUP)
-    ridge = baselines.fit_ridge_ranges(store, train_ranges, val_ranges, steps, baselines.WARMUP)
-    total = sum(max(0, b - max(a, first)) for a, b in val_ranges.values())
-    every = max(1, -(-total // MAX_ORIGINS))
-    parts: list[list[np.ndarray]] = [[], [], [], [], []]
-    for t, (a, b) in sorted(val_ranges.items()):
-        origins = np.arange(max(a, first), b, every)
-        if origins.size == 0:
-            continue
-        feats = store.read_features(t)[:b]
-        for i in range(0, origins.size, 512):
-            o = origins[i : i + 512]
-            windows = feats[(o - seq_len)[:, None] + np.arange(seq_len)]
-            parts[0].append(forecast(windows))
-            emp, score = context_stats(windows, horizon, levels)
-            parts[1].append(emp)
-            parts[4].append(score)
-        parts[2].append(ridge.predict(baselines.ridge_features(feats, origins)))
-        parts[3].append(baselines.changes(feats, origins, steps))
-    if not parts[0]:
-        return ForecastCalibration(
-            np.ones(horizon), np.zeros(2), np.ones((horizon, 3)), np.eye(2)[[0] * horizon], ridge
+    val_ranges: dict[int, tuple[int, int]],
+    max_false_alarms_per_day: float,
+    train_ranges: dict[int, tuple[int, int]] | None = None,
+) -> ModelBundle:
+    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head), the
+    forecast calibration (a quantile model with seq_len >= baselines.WARMUP and > horizon + 1; its ridge fits
+    train_ranges) and the rollout damping."""
+    pump = (
+        calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day, train_ranges)
+        if bundle.config.pump_head
+        else None
+    )
+    bundle = replace(bundle, pump=pump)
+    forecaster = Forecaster(bundle)
+    L, H = bundle.config.seq_len, bundle.config.horizon
+    if len(forecaster.quantile_levels) > 1 and L >= baselines.WARMUP and L > H + 1 and train_ranges:
+        log.info(
+            "calibrating the price forecast (empirical average, shrink, ridge blend) on %d validation token(s)",
+            len(val_ranges),
         )
-    q, emp, ridge_val, actual, score = (np.concatenate(p) for p in parts)
-    return fit_calibration(q, emp, score, ridge_val, actual, levels, ridge)
+
+        def first_pass(history: np.ndarray) -> np.ndarray:
+            q = forecaster.forecast(history, H, calibrated=False)[0][:, :, PRICE]
+            return np.log(q) - np.log(history[:, -1, PRICE])[:, None, None]
+
+        calibration = calibrate_forecasts(
+            first_pass,
+            store,
+            train_ranges,
+            val_ranges,
+            L,
+            H,
+            forecaster.quantile_levels,
+        )
+        bundle = replace(bundle, forecast_calibration=calibration)
+    log.info("choosing the rollout damping on %d validation token(s)", len(val_ranges))
+    damping = fit_damping(Forecaster(bundle), store, val_ranges)
+    log.info("rollout damping %g (lowest validation error of long forecasts; 1 = the model's own rollout)", damping)
+    return replace(bundle, rollout_damping=damping)
+
+
+def calibrate_pump_head(
+    bundle: ModelBundle,
+    store: TokenDataManager,
+    val_ranges: dict[int, tuple[int, int]],
+    max_false_alarms_per_day: float,
+    train_ranges: dict[int, tuple[int, int]] | None = None,
+) -> PumpCalibration:
+    """On validation data only: Platt-scale the pump head, choose which output raises alarms ("now" or "any",
+    by validation recall within the false-alarm budget, then fewer false alarms) and its alarm threshold to the
+    budget; and tune the baselines (detectors.fit_baselines: z-scores on the training and validation ranges,
+    which they do not fit, the logistic regression fitted on the training ranges). Everything evaluate and
+    detect use later comes from here."""
+    K = bundle.config.pump_horizon
+    log.info("calibrating the pump head on %d validation token(s)", len(val_ranges))
+    scored = score_ranges(bundle, store, val_ranges, BaselineSet())
+    if not scored:
+        log.info("no validation token has known events: the pump head stays uncalibrated and raises no alarm")
+        return PumpCalibration(
+            horizon=K,
+            max_false_alarms_per_day=max_false_alarms_per_day,
+            note="no validation token with known events: uncalibrated, no alarms",
+        )
+    read = {r.token.token_id: r.token for r in scored}
+    judged = {t.token_id for t in judged_kind(list(read.values()))}
+    scored = [r for r in scored if r.token.token_id in judged]
+    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
+    logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
+    labels = [
+        pump_labels(len(r.token.features), r.token.events, K, r.token.interval_ms)[k]
+        for r, k in zip(scored, keep, strict=True)
+    ]
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
+    choices = []
+    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
+        k = PUMP_TARGETS.index(output)
+        its = [
+            TokenScores(r.token.token_id, calibrated(r.logits, platt)[:, k], r.token.events, r.steps_per_day)
+            for r in scored
+        ]
+        th = choose_threshold(its, K, max_false_alarms_per_day)
+        m = event_metrics(its, th, K)
+        choices.append((-np.nan_to_num(m.recall), m.false_alarms_per_day, output, th, m))
+    _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
+    with_events = tokens_with_events(store)
+    train_ranges = dict(  # enough tokens to tune on, the same ones every time: those with events first
+        sorted((train_ranges or {}).items(), key=lambda kv: (kv[0] not in with_events, kv[0]))[:BASELINE_TOKENS]
+    )
+    tokens = [read[t] if t in read else store.read(t) for t in sorted({*train_ranges, *val_ranges})]
+    baselines = fit_baselines(tokens, train_ranges, val_ranges, K, max_false_alarms_per_day)
+    probability = PumpCalibration(K, platt, alarm_output=alarm_output).probability
+    ensemble = fit_ensemble(scored, probability, baselines, K, max_false_alarms_per_day)
+    log.info(
+        "pump alarms on %r at probability >= %.4g (validation: %d event(s), recall %.2f, %.2f false alarms/day; "
+        "budget %g)",
+        alarm_output,
+        threshold,
+        val_metrics.events,
+        np.nan_to_num(val_metrics.recall),
+        val_metrics.false_alarms_per_day,
+        max_false_alarms_per_day,
+    )
+    return PumpCalibration(
+        horizon=K,
+        calibration=platt,
+        threshold=threshold,
+        max_false_alarms_per_day=max_false_alarms_per_day,
+        alarm_output=alarm_output,
+        baselines=baselines,
+        ensemble=ensemble,
+        val_metrics=val_metrics.to_dict(),
+    )
+
+
+def fit_ensemble(
+    scored: list[RangeScores], probability, baselines: BaselineSet, horizon: int, max_false_alarms_per_day: float
+) -> Ensemble | None:
+    """The model with the baseline of the highest validation AUPRC (detectors.Ensemble) and its threshold for the
+    budget, all on the validation tokens; None without a baseline or a validation event."""
+    model = [probability(r.logits) for r in scored]
+    labels = np.concatenate(
+        [
+            pump_labels(len(p), r.token.events, horizon, r.token.interval_ms)[:, ANY]
+            for p, r in zip(model, scored, strict=True)
+        ]
+    )
+    best: tuple[float, str, list[np.ndarray]] | None = None
+    for name, det in baselines.detectors.items():
+        base = [np.where(np.isfinite(p), det.score(r.token), np.nan) for p, r in zip(model, scored, strict=True)]
+        ap = average_precision(labels, np.concatenate(base))
+        if np.isfinite(ap) and (best is None or ap > best[0]):
+            best = (ap, name, base)
+    if best is None:
+        return None
+    _, name, base = best
+    both = np.isfinite(np.concatenate(model)) & np.isfinite(np.concatenate(base))
+    ens = Ensemble.fit(name, np.concatenate(model)[both], np.concatenate(base)[both])
+    items = [
+        TokenScores(r.token.token_id, ens.score(p, b), r.token.events, r.steps_per_day)
+        for p, b, r in zip(model, base, scored, strict=True)
+    ]
+    return replace(ens, threshold=choose_threshold(items, horizon, max_false_alarms_per_day))
+
+
+def fit_damping(
+    forecaster: Forecaster,
+    store: TokenDataManager,
+    ranges: dict[int, tuple[int, int]],
+    steps: int = 500,
+    every: int = 200,
+    grid: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.0),
+) -> float:
+    """The rollout damping with the lowest mean absolute log-price error over forecasts of up to `steps`
+    from origins every `every` steps inside the given (validation) ranges."""
+    origins = origin_windows(store, ranges, forecaster.seq_len, every)
+    if not origins:
+        return 1.0
+    truth = np.full((len(origins), steps), np.nan)
+    for i, (t, origin, feats) in enumerate(origins):
+        seen = feats[origin : min(origin + steps, ranges[t][1]), PRICE]
+        truth[i, : seen.size] = np.log(seen)
+    hist = np.stack([feats[o - forecaster.seq_len : o] for _, o, feats in origins])
+    errors = {g: np.nanmean(np.abs(np.log(forecaster.rollout(hist, steps, g)[..., PRICE]) - truth)) for g in grid}
+    return float(min(errors, key=lambda g: (errors[g], -g)))

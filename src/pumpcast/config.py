@@ -35,6 +35,8 @@ SPLIT_STRATEGIES = ("time", "token", "mixed", "none")
 #: Synthetic venues: "dex", a constant-product pool whose liquidity and market cap are features; "cex", an
 #: exchange pair on a price grid with a spread and no pool (liquidity and market cap absent).
 VENUES = ("dex", "cex")
+#: What a candle file's volume counts: the traded token (base) or the quote asset.
+VOLUME_UNITS = ("base", "quote")
 #: The longest forecast one call makes (memory and time grow with it); longer ones are refused up front.
 MAX_FORECAST_STEPS = 100_000
 
@@ -180,6 +182,23 @@ class DataConfig(Settings):
     def check(self) -> None:
         if self.test_ratio + self.val_ratio >= 1:
             raise ConfigError("test_ratio + val_ratio must be below 1", "test_ratio", "val_ratio")
+
+
+@dataclass(frozen=True)
+class IngestConfig(Settings):
+    """How trade and candle files become bars in a store (`pumpcast ingest`); their length is DataConfig's
+    interval."""
+
+    volume_unit: str = option(
+        "base",
+        "what a candle file's volume counts (base, as freqtrade, ccxt and Binance write it; Binance klines' quote "
+        "volume is used when present)",
+        choices=VOLUME_UNITS,
+    )
+    events: str | None = option(None, "CSV of known event times (symbol, time[, type, end])", metavar="FILE")
+    symbol: str | None = option(None, "pair name when the file has no symbol column")
+    key: str | None = option(None, "store key (address) for a single-file ingest")
+    allow_mixed_intervals: bool = option(False, "let bars of another length join the store")
 
 
 @dataclass(frozen=True)

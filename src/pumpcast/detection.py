@@ -1,4 +1,4 @@
-"""Pump detection with a trained model: scores, alarms and their calibration, in one place.
+"""Pump detection with a trained model: scores and alarms.
 
 `PumpDetector` turns bars into the calibrated probability that a pump is starting or under way, and that
 probability into alarms at the threshold chosen on validation data. It scores a whole history at once
@@ -6,16 +6,14 @@ probability into alarms at the threshold chosen on validation data. It scores a 
 alarms a replay of the same bars raises. The probability at bar t comes from the seq_len bars that end at t:
 nothing after t is read.
 
-`calibrate` makes the `PumpCalibration` a model file keeps (Platt scaling, alarm output, thresholds of the
-model and of the baselines), from validation ranges only. `score_ranges` is where calibration and evaluation
-both start: the model's logits and the baselines' scores over given ranges of stored tokens.
+`score_ranges` is where calibration (calibration.py) and scoring (scoring.py) both start: the model's logits
+and the baselines' scores over given ranges of stored tokens.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,18 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pumpcast.detectors import BaselineSet, Ensemble, fit_baselines
-from pumpcast.events import PUMP_TARGETS, TokenScores, alarm_onsets, judged_kind, pump_labels
-from pumpcast.metrics import average_precision, choose_threshold, event_metrics
+from pumpcast.detectors import BaselineSet
+from pumpcast.events import PUMP_TARGETS, TokenScores, alarm_onsets
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
-from pumpcast.pumps import PumpCalibration, calibrated, fit_platt
+from pumpcast.pumps import PumpCalibration
 from pumpcast.schema import FEATURES, DataError, ModelFileError, TokenSeries
-from pumpcast.splits import tokens_with_events
 from pumpcast.store import TokenDataManager
 from pumpcast.windows import relative, to_base
-
-log = logging.getLogger(__name__)
 
 #: The network is always asked for exactly this many windows at once (the last call of a history and a live bar
 #: are padded with copies of their last window). Matrix kernels choose their code by the batch's shape, so a
@@ -48,8 +42,6 @@ HISTORY_CHUNK = 8 * SCORE_BATCH
 #: Windows prepared (made relative and normalised) at a time: small enough to stay in the CPU cache, which
 #: makes preparation 2.5x faster than in batches of 256.
 PREP_ROWS = 16
-#: Training tokens the baselines are tuned and fitted on at most (a large synthetic store needs no more).
-BASELINE_TOKENS = 64
 
 
 def pump_logits(bundle: ModelBundle, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
@@ -234,107 +226,3 @@ def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str,
                 TokenScores(tok.token_id, both, tok.events, r.steps_per_day, tok.source)
             )
     return out
-
-
-def calibrate(
-    bundle: ModelBundle,
-    store: TokenDataManager,
-    val_ranges: dict[int, tuple[int, int]],
-    max_false_alarms_per_day: float,
-    train_ranges: dict[int, tuple[int, int]] | None = None,
-) -> PumpCalibration:
-    """On validation data only: Platt-scale the pump head, choose which output raises alarms ("now" or "any",
-    by validation recall within the false-alarm budget, then fewer false alarms) and its alarm threshold to the
-    budget; and tune the baselines (detectors.fit_baselines: z-scores on the training and validation ranges,
-    which they do not fit, the logistic regression fitted on the training ranges). Everything evaluate and
-    detect use later comes from here."""
-    K = bundle.config.pump_horizon
-    log.info("calibrating the pump head on %d validation token(s)", len(val_ranges))
-    scored = score_ranges(bundle, store, val_ranges, BaselineSet())
-    if not scored:
-        log.info("no validation token has known events: the pump head stays uncalibrated and raises no alarm")
-        return PumpCalibration(
-            horizon=K,
-            max_false_alarms_per_day=max_false_alarms_per_day,
-            note="no validation token with known events: uncalibrated, no alarms",
-        )
-    read = {r.token.token_id: r.token for r in scored}
-    judged = {t.token_id for t in judged_kind(list(read.values()))}
-    scored = [r for r in scored if r.token.token_id in judged]
-    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
-    logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
-    labels = [
-        pump_labels(len(r.token.features), r.token.events, K, r.token.interval_ms)[k]
-        for r, k in zip(scored, keep, strict=True)
-    ]
-    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
-    platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
-    choices = []
-    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
-        k = PUMP_TARGETS.index(output)
-        its = [
-            TokenScores(r.token.token_id, calibrated(r.logits, platt)[:, k], r.token.events, r.steps_per_day)
-            for r in scored
-        ]
-        th = choose_threshold(its, K, max_false_alarms_per_day)
-        m = event_metrics(its, th, K)
-        choices.append((-np.nan_to_num(m.recall), m.false_alarms_per_day, output, th, m))
-    _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
-    with_events = tokens_with_events(store)
-    train_ranges = dict(  # enough tokens to tune on, the same ones every time: those with events first
-        sorted((train_ranges or {}).items(), key=lambda kv: (kv[0] not in with_events, kv[0]))[:BASELINE_TOKENS]
-    )
-    tokens = [read[t] if t in read else store.read(t) for t in sorted({*train_ranges, *val_ranges})]
-    baselines = fit_baselines(tokens, train_ranges, val_ranges, K, max_false_alarms_per_day)
-    probability = PumpCalibration(K, platt, alarm_output=alarm_output).probability
-    ensemble = fit_ensemble(scored, probability, baselines, K, max_false_alarms_per_day)
-    log.info(
-        "pump alarms on %r at probability >= %.4g (validation: %d event(s), recall %.2f, %.2f false alarms/day; "
-        "budget %g)",
-        alarm_output,
-        threshold,
-        val_metrics.events,
-        np.nan_to_num(val_metrics.recall),
-        val_metrics.false_alarms_per_day,
-        max_false_alarms_per_day,
-    )
-    return PumpCalibration(
-        horizon=K,
-        calibration=platt,
-        threshold=threshold,
-        max_false_alarms_per_day=max_false_alarms_per_day,
-        alarm_output=alarm_output,
-        baselines=baselines,
-        ensemble=ensemble,
-        val_metrics=val_metrics.to_dict(),
-    )
-
-
-def fit_ensemble(
-    scored: list[RangeScores], probability, baselines: BaselineSet, horizon: int, max_false_alarms_per_day: float
-) -> Ensemble | None:
-    """The model with the baseline of the highest validation AUPRC (detectors.Ensemble) and its threshold for the
-    budget, all on the validation tokens; None without a baseline or a validation event."""
-    model = [probability(r.logits) for r in scored]
-    labels = np.concatenate(
-        [
-            pump_labels(len(p), r.token.events, horizon, r.token.interval_ms)[:, 2]
-            for p, r in zip(model, scored, strict=True)
-        ]
-    )
-    best: tuple[float, str, list[np.ndarray]] | None = None
-    for name, det in baselines.detectors.items():
-        base = [np.where(np.isfinite(p), det.score(r.token), np.nan) for p, r in zip(model, scored, strict=True)]
-        ap = average_precision(labels, np.concatenate(base))
-        if np.isfinite(ap) and (best is None or ap > best[0]):
-            best = (ap, name, base)
-    if best is None:
-        return None
-    _, name, base = best
-    both = np.isfinite(np.concatenate(model)) & np.isfinite(np.concatenate(base))
-    ens = Ensemble.fit(name, np.concatenate(model)[both], np.concatenate(base)[both])
-    items = [
-        TokenScores(r.token.token_id, ens.score(p, b), r.token.events, r.steps_per_day)
-        for p, b, r in zip(model, base, scored, strict=True)
-    ]
-    return replace(ens, threshold=choose_threshold(items, horizon, max_false_alarms_per_day))

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from pumpcast.events import TokenScores, judged_kind, pump_labels
+from pumpcast.events import ANY, TokenScores, judged_kind, pump_labels
 from pumpcast.metrics import average_precision, choose_threshold, event_metrics
 from pumpcast.schema import BUYS, PRICE, SELLS, VOLUME, ModelFileError, TokenSeries
 
@@ -293,7 +293,7 @@ def fit_logistic(
     from sklearn.linear_model import LogisticRegression
 
     feats = {t.token_id: morgia_features(t) for t in tokens}
-    labels = {t.token_id: pump_labels(len(t.timestamps), t.events, horizon, t.interval_ms)[:, 2] for t in tokens}
+    labels = {t.token_id: pump_labels(len(t.timestamps), t.events, horizon, t.interval_ms)[:, ANY] for t in tokens}
     xs = [feats[t][a:b] for t, (a, b) in train.items() if t in feats]
     ys = [labels[t][a:b] for t, (a, b) in train.items() if t in feats]
     if not xs or np.concatenate(ys).sum() == 0:

@@ -27,6 +27,7 @@ REAL_PEAK_MS = 5 * 60_000  # real pumps peak within about 1-5 minutes of the ann
 DETECT_AFTER_MS = 2 * 60_000  # an alarm up to 2 minutes after the start still detects the event
 #: The pump head's outputs: a pump starts within K steps, one is under way, either of the two.
 PUMP_TARGETS = ("soon", "now", "any")
+ANY = PUMP_TARGETS.index("any")  # the column of "either": what AUPRC and the baselines' labels use
 
 
 def steps_in(ms: int, interval_ms: int) -> int:

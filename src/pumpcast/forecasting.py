@@ -62,7 +62,8 @@ class Forecaster:
     def quantiles(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:
         """Raw histories (B, T >= seq_len, 6) -> forecast quantiles (B, steps, 6, levels), levels in
         `quantile_levels`; rolled out as `rollout` does, on the median path. A calibrated model's first pass
-        of price is calibrated (averaged with the window's empirical quantiles, median shrunk; see calibration.py).
+        of price is calibrated (averaged with the window's empirical quantiles, median shrunk; see
+        forecast_calibration.py).
 
         Beyond the first pass (`horizon` steps), bands are propagated, not sampled: a later pass's quantiles
         of a level feature (price, liquidity, market cap), as offsets in log from its median, are combined with
@@ -73,7 +74,7 @@ class Forecaster:
 
     def mean(self, history: np.ndarray, steps: int, damping: float | None = None) -> np.ndarray:
         """Raw histories (B, T >= seq_len, 6) -> the mean forecast of price (B, steps), as exp of the mean log
-        price: in a calibrated model's first pass the blend of its own mean and its ridge (calibration.py),
+        price: in a calibrated model's first pass the blend of its own mean and its ridge (forecast_calibration.py),
         beyond it (and in uncalibrated models) the mean of the quantiles."""
         return self.forecast(history, steps, damping)[1]
 
@@ -145,27 +146,6 @@ class Forecaster:
             bar.update(take)
         bar.close()
         return out, mean
-
-    def fit_damping(
-        self,
-        store,
-        ranges: dict[int, tuple[int, int]],
-        steps: int = 500,
-        every: int = 200,
-        grid: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.0),
-    ) -> float:
-        """The rollout damping with the lowest mean absolute log-price error over forecasts of up to `steps`
-        from origins every `every` steps inside the given (validation) ranges."""
-        origins = origin_windows(store, ranges, self.seq_len, every)
-        if not origins:
-            return 1.0
-        truth = np.full((len(origins), steps), np.nan)
-        for i, (t, origin, feats) in enumerate(origins):
-            seen = feats[origin : min(origin + steps, ranges[t][1]), PRICE]
-            truth[i, : seen.size] = np.log(seen)
-        hist = np.stack([feats[o - self.seq_len : o] for _, o, feats in origins])
-        errors = {g: np.nanmean(np.abs(np.log(self.rollout(hist, steps, g)[..., PRICE]) - truth)) for g in grid}
-        return float(min(errors, key=lambda g: (errors[g], -g)))
 
     def predict(
         self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int, names: Sequence[str] | None = None

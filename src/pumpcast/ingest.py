@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pumpcast.config import VOLUME_UNITS, DataConfig, IngestConfig
 from pumpcast.schema import (
     BUYS,
     EVENT_TYPES,
@@ -399,7 +400,7 @@ def _source(source: str | Path | pd.DataFrame, kind: str) -> tuple[pd.DataFrame,
 
 def trades_to_bars(
     source: str | Path | pd.DataFrame,
-    interval: str = "1min",
+    interval: str = DataConfig.interval,
     columns: dict[str, str] | None = None,
     symbol: str | None = None,
     key: str | None = None,
@@ -486,17 +487,17 @@ def _taker_extras(idx: np.ndarray, ts: np.ndarray, is_buy: np.ndarray, quote: np
 
 def candles_to_bars(
     source: str | Path | pd.DataFrame,
-    interval: str = "1min",
+    interval: str = DataConfig.interval,
     columns: dict[str, str] | None = None,
     symbol: str | None = None,
     key: str | None = None,
-    volume_unit: str = "base",
+    volume_unit: str = IngestConfig.volume_unit,
 ) -> list[TokenSeries]:
     """Turn OHLCV candles (a file in any supported format, or a DataFrame) into bars: price = close; volume =
     the quote volume when the candles have it (Binance klines), else their volume, stored in volume_unit
     ("base" for freqtrade, ccxt and Binance candles); missing candles carry the close forward with zero
     volume. Finer candles are aggregated; coarser ones are refused; identical duplicates are dropped."""
-    if volume_unit not in ("base", "quote"):
+    if volume_unit not in VOLUME_UNITS:
         raise ConfigError(f"volume_unit {volume_unit!r}: choose base or quote", "volume_unit")
     interval_ms = parse_interval(interval)
     df, path = _source(source, "candles")
@@ -604,13 +605,13 @@ def ingest_files(
     kind: str,
     files: Sequence[str | Path],
     data_dir: str | Path,
-    interval: str = "1min",
+    interval: str = DataConfig.interval,
     columns: dict[str, str] | None = None,
     symbol: str | None = None,
     key: str | None = None,
     events: str | Path | None = None,
-    volume_unit: str = "base",
-    allow_mixed_intervals: bool = False,
+    volume_unit: str = IngestConfig.volume_unit,
+    allow_mixed_intervals: bool = IngestConfig.allow_mixed_intervals,
 ) -> list[int]:
     """Read every file first (so one bad file leaves the store untouched), then store all tokens in one
     transaction. Folders (freqtrade data directories) stand for their data files of this kind."""

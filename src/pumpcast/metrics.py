@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pumpcast.events import TokenScores, alarm_onsets, event_span, pump_events, pump_labels
+from pumpcast.events import ANY, TokenScores, alarm_onsets, event_span, pump_events, pump_labels
 
 #: Central intervals, by the name of their coverage statistic: (lower level, upper level).
 INTERVALS = {"cov50": (0.25, 0.75), "cov80": (0.1, 0.9), "cov90": (0.05, 0.95)}
@@ -163,7 +163,7 @@ def event_counts(item: TokenScores, threshold: float, horizon: int, keep_scores:
         float(threshold),
     )
     if keep_scores:
-        labels = pump_labels(len(item.scores), item.events, horizon, item.interval_ms)[valid, 2]
+        labels = pump_labels(len(item.scores), item.events, horizon, item.interval_ms)[valid, ANY]
         counts.scores = item.scores[valid].round(6).tolist()
         counts.positives = np.flatnonzero(labels).tolist()
     return counts
@@ -209,7 +209,7 @@ def event_metrics(items: Sequence[TokenScores], threshold: float, horizon: int, 
     labels, scores = [np.zeros(0)], [np.zeros(0)]
     for it in items:
         valid = np.isfinite(it.scores)
-        labels.append(pump_labels(len(it.scores), it.events, horizon, it.interval_ms)[valid, 2])
+        labels.append(pump_labels(len(it.scores), it.events, horizon, it.interval_ms)[valid, ANY])
         scores.append(it.scores[valid])
     return pooled(counts, np.concatenate(labels), np.concatenate(scores))
 
@@ -258,7 +258,7 @@ def percentile_interval(draws: np.ndarray, axis: int = 0) -> tuple[np.ndarray, n
     return lo, hi
 
 
-def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarms_per_day: float = 1.0) -> float:
+def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarms_per_day: float) -> float:
     """The lowest threshold whose false alarms per day stay within the budget, on the given (validation)
     tokens. Lower thresholds only add alarms, so the highest recall within budget is the lowest such one."""
     values = np.concatenate([it.scores[np.isfinite(it.scores)] for it in items]) if items else np.zeros(0)

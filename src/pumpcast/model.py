@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pumpcast.config import ModelConfig
+from pumpcast.events import PUMP_TARGETS
 from pumpcast.losses import get_loss
 
 __all__ = ["PUMP_RECENT", "ModelConfig", "PumpcastTransformer", "sinusoidal_positions"]
@@ -68,7 +69,7 @@ class PumpcastTransformer(nn.Module):
                 nn.GELU(),
                 nn.Linear(c.head_hidden, c.head_hidden),
                 nn.GELU(),
-                nn.Linear(c.head_hidden, 3),
+                nn.Linear(c.head_hidden, len(PUMP_TARGETS)),
             )
             if c.pump_head
             else None

@@ -8,7 +8,7 @@ loading (tests/data holds one per format to prove it).
 Format 2: the model config names its loss (format 1 files are all "huber"), and a model without a pump head
 stores `pump: None` (format 1: an empty dict).
 Format 3 (this version): `forecast_calibration`, what a quantile model's price forecast learned on
-validation data (calibration.py); None in files of older formats and for point models.
+validation data (forecast_calibration.py); None in files of older formats and for point models.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pumpcast.calibration import ForecastCalibration
 from pumpcast.files import atomic_write
+from pumpcast.forecast_calibration import ForecastCalibration
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.pumps import PumpCalibration
 from pumpcast.schema import FEATURES, ConfigError, DataError, ModelFileError

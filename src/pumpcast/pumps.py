@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
+from pumpcast.config import PumpConfig
 from pumpcast.detectors import BaselineSet, Ensemble
 from pumpcast.events import PUMP_TARGETS
 from pumpcast.schema import ModelFileError
@@ -69,7 +70,7 @@ class PumpCalibration:
     horizon: int
     calibration: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0]] * len(PUMP_TARGETS))
     threshold: float = float("inf")
-    max_false_alarms_per_day: float = 1.0
+    max_false_alarms_per_day: float = PumpConfig.max_false_alarms_per_day
     alarm_output: str = "any"
     baselines: BaselineSet = field(default_factory=BaselineSet)
     ensemble: Ensemble | None = None

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.signal import lfilter
 from tqdm.auto import tqdm
 
-from pumpcast.config import VENUES, DataConfig
+from pumpcast.config import VENUES, DataConfig, IngestConfig
 from pumpcast.schema import (
     BUYS,
     FEATURES,
@@ -419,9 +419,9 @@ def generate_to_store(
     num_tokens: int,
     timesteps: int,
     seed: int = 0,
-    interval: str = "1min",
+    interval: str = DataConfig.interval,
     workers: int | None = None,
-    allow_mixed_intervals: bool = False,
+    allow_mixed_intervals: bool = IngestConfig.allow_mixed_intervals,
     venue: str = "dex",
 ) -> list[int]:
     """Simulate tokens 0..num_tokens-1 of a venue into the store (regenerating replaces the same keys).

@@ -3,8 +3,8 @@
 - `train`: fit the network with PyTorch Lightning on a split (given, or resolved from the config) with a
   normaliser (given, or fitted on the training windows) and optionally initial weights: the LightningModule
   (loss, optimiser, schedule), the data module (sharded per process), interrupt-safe checkpoints, exact resume;
-- `calibrate`: choose on validation data what the model file keeps besides weights (the pump calibration,
-  the rollout damping);
+- `calibrate` (calibration.py): choose on validation data what the model file keeps besides weights (the
+  pump calibration, the forecast calibration, the rollout damping);
 - `package`: the ModelBundle that `modelfile.save_model_file` writes.
 
 `fit(config)` runs the three and saves the file; it is what `pumpcast train` calls. The network itself lives
@@ -35,16 +35,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
-from pumpcast import baselines
-from pumpcast.calibration import calibrate_forecasts
+from pumpcast.calibration import calibrate
 from pumpcast.config import ModelConfig, TrainConfig, flat_values
-from pumpcast.detection import calibrate as calibrate_pump_head
 from pumpcast.events import pump_labels
-from pumpcast.forecasting import Forecaster
 from pumpcast.losses import get_loss, pump_loss
 from pumpcast.model import PumpcastTransformer
 from pumpcast.modelfile import DataInfo, ModelBundle, load_model_file, save_model_file
-from pumpcast.schema import PRICE, ConfigError, PumpcastError
+from pumpcast.schema import ConfigError, PumpcastError
 from pumpcast.simulator import ensure_store
 from pumpcast.splits import Split, resolve_split
 from pumpcast.store import TokenDataManager
@@ -602,50 +599,6 @@ def package(trained: Trained, cfg: TrainConfig) -> ModelBundle:
         ),
         metrics={"best_val_loss": trained.best_val_loss},
     )
-
-
-def calibrate(
-    bundle: ModelBundle,
-    store: TokenDataManager,
-    val_ranges: dict[int, tuple[int, int]],
-    max_false_alarms_per_day: float,
-    train_ranges: dict[int, tuple[int, int]] | None = None,
-) -> ModelBundle:
-    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head), the
-    forecast calibration (a quantile model with seq_len >= baselines.WARMUP and > horizon + 1; its ridge fits
-    train_ranges) and the rollout damping."""
-    pump = (
-        calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day, train_ranges)
-        if bundle.config.pump_head
-        else None
-    )
-    bundle = replace(bundle, pump=pump)
-    forecaster = Forecaster(bundle)
-    L, H = bundle.config.seq_len, bundle.config.horizon
-    if len(forecaster.quantile_levels) > 1 and L >= baselines.WARMUP and L > H + 1 and train_ranges:
-        log.info(
-            "calibrating the price forecast (empirical average, shrink, ridge blend) on %d validation token(s)",
-            len(val_ranges),
-        )
-
-        def first_pass(history: np.ndarray) -> np.ndarray:
-            q = forecaster.forecast(history, H, calibrated=False)[0][:, :, PRICE]
-            return np.log(q) - np.log(history[:, -1, PRICE])[:, None, None]
-
-        calibration = calibrate_forecasts(
-            first_pass,
-            store,
-            train_ranges,
-            val_ranges,
-            L,
-            H,
-            forecaster.quantile_levels,
-        )
-        bundle = replace(bundle, forecast_calibration=calibration)
-    log.info("choosing the rollout damping on %d validation token(s)", len(val_ranges))
-    damping = Forecaster(bundle).fit_damping(store, val_ranges)
-    log.info("rollout damping %g (lowest validation error of long forecasts; 1 = the model's own rollout)", damping)
-    return replace(bundle, rollout_damping=damping)
 
 
 @dataclass

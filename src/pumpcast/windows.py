@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pumpcast.events import PUMP_TARGETS
 from pumpcast.schema import BUYS, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, SELLS, VOLUME, PumpcastError
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ class WindowDataset(Dataset):
             offsets.append(pos)
             parts.append(base)
             if labels is not None:  # tokens whose events are unknown get NaN labels
-                label_parts.append(labels.get(int(t), np.full((base.shape[0], 3), np.nan, np.float32)))
+                label_parts.append(labels.get(int(t), np.full((base.shape[0], len(PUMP_TARGETS)), np.nan, np.float32)))
             pos += base.shape[0]
         self.flat = np.concatenate(parts) if parts else np.zeros((0, len(FEATURES)), np.float32)
         self.flat_labels = np.concatenate(label_parts).astype(np.float32) if label_parts else None
@@ -268,7 +269,9 @@ class WindowDataset(Dataset):
         last = self.offsets[k] + start + L - 1  # row of each window's last input step
         return {
             "pump": torch.from_numpy(
-                self.flat_labels[last] if self.flat_labels is not None else np.full((len(idx), 3), np.nan, np.float32)
+                self.flat_labels[last]
+                if self.flat_labels is not None
+                else np.full((len(idx), len(PUMP_TARGETS)), np.nan, np.float32)
             ),
             "x": torch.from_numpy(z[:, :L]),
             "x_mask": torch.from_numpy(mask[:, :L]),

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pumpcast.baselines import Ridge
-from pumpcast.calibration import ForecastCalibration
+from pumpcast.forecast_calibration import ForecastCalibration
 from pumpcast.model import ModelConfig, PumpcastTransformer
 from pumpcast.modelfile import FORMAT_VERSION, DataInfo, ModelBundle, save_model_file
 from pumpcast.pumps import PumpCalibration

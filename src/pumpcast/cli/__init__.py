@@ -31,6 +31,7 @@ from pumpcast.config import (
     MAX_FORECAST_STEPS,
     BacktestConfig,
     DataConfig,
+    IngestConfig,
     ModelConfig,
     OptimConfig,
     PumpConfig,
@@ -146,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", "simulate synthetic token markets into a store", commands.generate)
     add_settings(p, DataConfig, "data", only=("data_dir", "num_tokens", "timesteps", "seed", "interval", "venue"))
-    p.add_argument("--allow-mixed-intervals", action="store_true", help="let bars of another length join the store")
-    p.set_defaults(sections={"data": DataConfig})
+    add_settings(p, IngestConfig, "store", only=("allow_mixed_intervals",))
+    p.set_defaults(sections={"data": DataConfig, "ingest": IngestConfig})
 
     p = command("ingest", "turn trade lists or OHLCV candles into bars in a store", commands.ingest)
     p.add_argument("kind", choices=("trades", "candles"), help="trades (one row per trade) or candles (OHLCV)")
@@ -157,21 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV (with a header, or Binance/Kraken headerless layouts), CSV.gz, Parquet, Feather or JSON (ccxt, "
         "freqtrade) files, or freqtrade data folders",
     )
-    p.add_argument(
-        "--volume-unit",
-        choices=("base", "quote"),
-        default="base",
-        help="what a candle file's volume counts (default: base, as freqtrade, ccxt and Binance write it; "
-        "Binance klines' quote volume is used when present)",
-    )
-    p.add_argument("--allow-mixed-intervals", action="store_true", help="let bars of another length join the store")
-    p.add_argument("--events", help="CSV of known event times (symbol, time[, type, end])")
-    p.add_argument("--symbol", help="pair name when the file has no symbol column")
-    p.add_argument("--key", help="store key (address) for a single-file ingest")
     for col in commands.COLUMN_FLAGS:
         p.add_argument(f"--{col}-col", help=f"name of the {col} column")
+    add_settings(p, IngestConfig, "ingest")
     add_settings(p, DataConfig, "data", only=("data_dir", "interval"))
-    p.set_defaults(sections={"data": DataConfig})
+    p.set_defaults(sections={"data": DataConfig, "ingest": IngestConfig})
 
     p = command("export", "write one stored token's bars (and events) as CSV", commands.export)
     p.add_argument("--token-id", type=bounded_int(0), required=True, help="id of the token to export")

@@ -40,14 +40,15 @@ def _train_config(conf: dict[str, Any]) -> TrainConfig:
 def generate(args: argparse.Namespace) -> None:
     from pumpcast.simulator import generate_to_store
 
-    d = _config(args)["data"]
+    conf = _config(args)
+    d = conf["data"]
     ids = generate_to_store(
         d.data_dir,
         d.num_tokens,
         d.timesteps,
         d.seed,
         d.interval,
-        allow_mixed_intervals=args.allow_mixed_intervals,
+        allow_mixed_intervals=conf["ingest"].allow_mixed_intervals,
         venue=d.venue,
     )
     print(f"generated {len(ids)} synthetic {d.venue.upper()} tokens x {d.timesteps} steps into {d.data_dir}")
@@ -56,7 +57,8 @@ def generate(args: argparse.Namespace) -> None:
 def ingest(args: argparse.Namespace) -> None:
     from pumpcast.ingest import ingest_files
 
-    d = _config(args)["data"]
+    conf = _config(args)
+    d, ing = conf["data"], conf["ingest"]
     columns = {k: getattr(args, f"{k}_col") for k in COLUMN_FLAGS if getattr(args, f"{k}_col", None)}
     ids = ingest_files(
         args.kind,
@@ -64,11 +66,11 @@ def ingest(args: argparse.Namespace) -> None:
         d.data_dir,
         d.interval,
         columns,
-        args.symbol,
-        args.key,
-        args.events,
-        volume_unit=args.volume_unit,
-        allow_mixed_intervals=args.allow_mixed_intervals,
+        ing.symbol,
+        ing.key,
+        ing.events,
+        volume_unit=ing.volume_unit,
+        allow_mixed_intervals=ing.allow_mixed_intervals,
     )
     print(f"ingested {len(ids)} token(s) into {d.data_dir}: ids {ids}")
 
