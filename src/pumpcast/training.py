@@ -494,55 +494,14 @@ def train(
                 "init_from",
             ) from exc
     ckpt_dir = Path(rt.checkpoint_dir)
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor="val_loss",
-        mode="min",
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    # Lightning's save_last only writes when another checkpoint is written (an improved val_loss); resume needs
-    # the latest epoch whatever its loss, so last.ckpt has a callback of its own.
-    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
-    history = _History()
-    interrupt = _CheckpointOnInterrupt(ckpt_dir / "last.ckpt", rt.resume)
-    bar = rt.progress_bar and sys.stderr.isatty()
-    stopping = EarlyStopping("val_loss", patience=cfg.optim.patience)
-    trainer = pl.Trainer(
-        max_epochs=cfg.optim.epochs,
-        accelerator=rt.accelerator,
-        devices=rt.devices,
-        num_nodes=rt.num_nodes,
-        strategy=_strategy(cfg),
-        precision="bf16-mixed" if use_cuda else "32-true",
-        gradient_clip_val=1.0,
-        deterministic=not use_cuda,
-        callbacks=[
-            checkpoint,
-            latest,
-            stopping,
-            Throughput(),
-            _SamplerEpoch(data),
-            history,
-            interrupt,
-            *([] if bar else [_EpochLine()]),
-            *(callbacks or []),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_progress_bar=bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10,
-        use_distributed_sampler=False,  # the data module shards by token itself
-    )
+    trainer, parts = _trainer(cfg, data, ckpt_dir, use_cuda, callbacks)
     last = ckpt_dir / "last.ckpt"
     if rt.resume:
         _check_resume(last, ckpt_dir / "best.ckpt", cfg.optim.epochs)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if rt.resume else None)
     except SystemExit as exc:  # Lightning ends a SIGTERM'd or Ctrl-C'd run with SystemExit
+        interrupt = parts.interrupt
         if interrupt.signum is None or not trainer.is_global_zero:
             raise
         name = signal.Signals(interrupt.signum).name
@@ -556,13 +515,13 @@ def train(
         ) from exc
     if not trainer.is_global_zero:
         return None
-    if stopping.stopped_epoch:
+    if parts.stopping.stopped_epoch:
         log.info(
             "early stopping after epoch %d: val_loss has not improved for %d epoch(s)",
-            stopping.stopped_epoch + 1,
+            parts.stopping.stopped_epoch + 1,
             cfg.optim.patience,
         )
-
+    checkpoint = parts.checkpoint
     best_path = checkpoint.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     model = PumpcastTransformer(mcfg)
@@ -578,8 +537,77 @@ def train(
         trainer.current_epoch,
         trainer.world_size,
         len(data.train),
-        history.rows,
+        parts.history.rows,
     )
+
+
+@dataclass
+class _TrainerParts:
+    """The callbacks `train` reads back after fitting."""
+
+    checkpoint: ModelCheckpoint
+    stopping: EarlyStopping
+    history: _History
+    interrupt: _CheckpointOnInterrupt
+
+
+def _trainer(
+    cfg: TrainConfig,
+    data: PumpcastDataModule,
+    ckpt_dir: Path,
+    use_cuda: bool,
+    callbacks: list[Callback] | None,
+) -> tuple[pl.Trainer, _TrainerParts]:
+    """The Lightning trainer of a run: best and last checkpoints (atomic), early stopping, the interrupt
+    handler, throughput and epoch lines, and the caller's callbacks."""
+    rt = cfg.runtime
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    # Lightning's save_last only writes when another checkpoint is written (an improved val_loss); resume needs
+    # the latest epoch whatever its loss, so last.ckpt has a callback of its own.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    parts = _TrainerParts(
+        checkpoint,
+        EarlyStopping("val_loss", patience=cfg.optim.patience),
+        _History(),
+        _CheckpointOnInterrupt(ckpt_dir / "last.ckpt", rt.resume),
+    )
+    bar = rt.progress_bar and sys.stderr.isatty()
+    trainer = pl.Trainer(
+        max_epochs=cfg.optim.epochs,
+        accelerator=rt.accelerator,
+        devices=rt.devices,
+        num_nodes=rt.num_nodes,
+        strategy=_strategy(cfg),
+        precision="bf16-mixed" if use_cuda else "32-true",
+        gradient_clip_val=1.0,
+        deterministic=not use_cuda,
+        callbacks=[
+            checkpoint,
+            latest,
+            parts.stopping,
+            Throughput(),
+            _SamplerEpoch(data),
+            parts.history,
+            parts.interrupt,
+            *([] if bar else [_EpochLine()]),
+            *(callbacks or []),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        use_distributed_sampler=False,  # the data module shards by token itself
+    )
+    return trainer, parts
 
 
 def package(trained: Trained, cfg: TrainConfig) -> ModelBundle:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 
@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func, sections={})
         return p
 
+    _data_commands(command)
+    _model_commands(command)
+    _use_commands(command)
+    return parser
+
+
+def _data_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that make, read and check stores."""
     p = command("generate", "simulate synthetic token markets into a store", commands.generate)
     add_settings(p, DataConfig, "data", only=("data_dir", "num_tokens", "timesteps", "seed", "interval", "venue"))
     add_settings(p, IngestConfig, "store", only=("allow_mixed_intervals",))
@@ -188,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, DataConfig, "data", only=("data_dir",))
     p.set_defaults(sections={"data": DataConfig})
 
+
+def _model_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that train, backtest and tune models."""
     p = command("train", "train a forecaster on a store (synthetic data is made if it is empty)", commands.train)
     _settings(p, TRAIN_SECTIONS | {"tracking": TrackingConfig}, preset=True)
 
@@ -219,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         skip=("resume", "save_model", "register_model"),  # trials never resume, save or register a model
     )
 
+
+def _use_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that use a saved model."""
     p = command("test", "forecast test parts with a saved model: metrics vs persistence, plots", commands.test)
     _settings(p, {"data": DataConfig, "test": TestConfig, "tracking": TrackingConfig}, skip=("register_model",))
 
@@ -270,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="forecast CSV, or a folder when --input is a folder")
     add_settings(p, TestConfig, TITLES["test"], only=("rollout_damping",))
     p.set_defaults(sections={"test": TestConfig})
-    return parser
+
 
 
 def build_trainer_parser() -> argparse.ArgumentParser:
