@@ -232,8 +232,9 @@ class BarBuilder:
         return out + self._fill_until(open_bar * self.interval_ms)
 
     def _in_order(self, frame: pd.DataFrame, times: np.ndarray) -> pd.DataFrame:
-        """The rows in time order: late trades of a bar still open are sorted into it (ingest sorts a file
-        alike), those of a bar that has closed are skipped; the first time either happens it is said."""
+        """The rows that can still count: late trades of a bar still open are kept (feed sorts them into it, as
+        ingest sorts a file), those of a bar that has closed are dropped; the first time either happens it is
+        said."""
         before = np.maximum.accumulate(np.concatenate([[self.latest_ms or times[0]], times]))[:-1]
         late = times < before
         if not late.any():
@@ -253,8 +254,7 @@ class BarBuilder:
         self.skipped_late += int(too_late.sum())
         self.sorted_in += int((late & ~too_late).sum())
         self.latest_ms = max(int(before[-1]), int(times.max()))
-        keep = ~too_late
-        return frame[keep].iloc[np.argsort(times[keep], kind="stable")].reset_index(drop=True)
+        return frame[~too_late].reset_index(drop=True)  # feed sorts them among the open bar's trades
 
     def finish(self) -> list[ClosedBar]:
         """At the end of the input: the bar still open closes; what was sorted or skipped is said."""
