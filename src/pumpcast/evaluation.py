@@ -283,8 +283,11 @@ def report_markdown(report: dict[str, Any]) -> str:
             for name, m in metrics.items()
         ]
 
-    lines += ["", "## Pump events: model vs baselines (test part)", "", *head, *rows(report["events"]["overall"])]
-    lines += ["", "With 95% bootstrap intervals over tokens:", *event_table(report["events"]["intervals"])]
+    lines += [
+        "",
+        "## Pump events: model vs baselines (test part; 95% bootstrap intervals over tokens)",
+        *event_table(report["events"]["intervals"]),
+    ]
     by_source = report["events"]["by_source"]
     for group, metrics in by_source.items() if len(by_source) > 1 else ():
         lines += ["", f"### {group} tokens", "", *head, *rows(metrics)]
