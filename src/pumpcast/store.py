@@ -615,14 +615,14 @@ class TokenDataManager:
                         f"{path}: token {tid} is not in the metadata; pumpcast check --repair rebuilds its entry"
                     )
             report.problems.extend(self._check_side_files(meta, report if repair else None))
-            known = {self.token_path(t).name for t in self._token_files()}
-            report.orphans = [str(p) for p in self._leftovers(known)]
+            report.orphans = [str(p) for p in self._leftovers()]
             report.quarantined = sorted(str(p) for p in (self.dir / QUARANTINE).glob("*/**/*") if p.is_file())
         return report
 
-    def _leftovers(self, known: set[str]) -> list[Path]:
+    def _leftovers(self) -> list[Path]:
         """Files in sequences/ that are no token file, and temporary files of interrupted writes."""
-        inner = sorted(p for p in self.sequences.iterdir() if p.name not in known) if self.sequences.is_dir() else []
+        listing = sorted(self.sequences.iterdir()) if self.sequences.is_dir() else []
+        inner = [p for p in listing if not TOKEN_FILE.fullmatch(p.name)]
         return inner + sorted(self.dir.glob(".*.tmp"))
 
     def _quarantine(self, path: Path, why: str, report: StoreCheck) -> None:
@@ -669,7 +669,7 @@ class TokenDataManager:
             report.repairs.append(
                 f"{'rebuilt' if entry is not None else 'added'} the metadata entry of token {tid} from {files[tid]}"
             )
-        for p in self._leftovers({self.token_path(t).name for t in self._token_files()}):
+        for p in self._leftovers():
             self._quarantine(p, "left over by an interrupted write (staged, temporary or unknown file)", report)
         if tokens == meta["tokens"] and self.metadata_path.exists():
             return meta
