@@ -74,6 +74,7 @@ def calibrate(
             L,
             H,
             forecaster.quantile_levels,
+            bundle.config.groups,
         )
         bundle = replace(bundle, forecast_calibration=calibration)
     log.info("choosing the rollout damping on %d validation token(s)", len(val_ranges))
@@ -196,7 +197,7 @@ def fit_damping(
 ) -> float:
     """The rollout damping with the lowest mean absolute log-price error over forecasts of up to `steps`
     from origins every `every` steps inside the given (validation) ranges."""
-    origins = origin_windows(store, ranges, forecaster.seq_len, every)
+    origins = origin_windows(store, ranges, forecaster.seq_len, every, forecaster.bundle.config.groups)
     if not origins:
         return 1.0
     truth = np.full((len(origins), steps), np.nan)

@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pumpcast.channels import channel_names, parse_inputs
 from pumpcast.schema import FEATURES, ConfigError
 
 #: How a store's tokens can be split (see splits.make_split).
@@ -206,6 +207,13 @@ class ModelConfig(Settings):
     """Shape of the network; stored in every model file so the file rebuilds its own model."""
 
     n_features: int = option(len(FEATURES), "features per step", cli=False, low=1)
+    inputs: str = option(
+        "",
+        "input channel groups beside the six features, comma-separated: trades (taker volumes, orders, rush "
+        "orders), zscores (causal z-scores of volume, buys, rush orders), calendar (minute and hour as sin/cos); "
+        "see channels.py",
+        metavar="GROUPS",
+    )
     seq_len: int = option(500, "input sequence length", flag="--seq-length", low=1)
     horizon: int = option(16, "steps predicted per forward pass", low=1)
     embedding: str = option(
@@ -223,10 +231,21 @@ class ModelConfig(Settings):
     pump_horizon: int = option(10, "K: the pump head predicts a pump start within K steps", low=1)
 
     def check(self) -> None:
+        parse_inputs(self.inputs)
         if self.embed_size % self.nhead:
             raise ConfigError(
                 f"embed_size {self.embed_size} must be divisible by nhead {self.nhead}", "embed_size", "nhead"
             )
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The input channel groups, in channels.GROUPS order."""
+        return parse_inputs(self.inputs)
+
+    @property
+    def n_inputs(self) -> int:
+        """Values per input step: the features and the channels."""
+        return self.n_features + len(channel_names(self.groups))
 
     @property
     def n_tokens(self) -> int:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pumpcast.channels import CONTEXT, check_width, covariates, model_inputs
 from pumpcast.detectors import BaselineSet
 from pumpcast.events import PUMP_TARGETS, TokenScores, alarm_onsets
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
 from pumpcast.pumps import PumpCalibration
-from pumpcast.schema import FEATURES, DataError, ModelFileError, TokenSeries
+from pumpcast.schema import EXTRA_FEATURES, FEATURES, DataError, ModelFileError, TokenSeries
 from pumpcast.store import TokenDataManager
 from pumpcast.windows import relative, to_base
 
@@ -44,13 +45,18 @@ HISTORY_CHUNK = 8 * SCORE_BATCH
 PREP_ROWS = 16
 
 
-def pump_logits(bundle: ModelBundle, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-    """Raw pump logits (T, 3) of one token's raw features (T, 6): row t from the window that ends at step t,
-    for t in [lo, hi); NaN elsewhere and where no full window exists yet."""
-    n, L = features.shape[0], bundle.config.seq_len
+def pump_logits(
+    bundle: ModelBundle, history: np.ndarray | TokenSeries, lo: int = 0, hi: int | None = None
+) -> np.ndarray:
+    """Raw pump logits (T, 3) of one token (a TokenSeries, its wide inputs (T, 6 + C) or its raw features
+    (T, 6), which leave the model's channels absent): row t from the window that ends at step t, for t in
+    [lo, hi); NaN elsewhere and where no full window exists yet."""
+    groups = bundle.config.groups
+    inputs = model_inputs(history, groups) if isinstance(history, TokenSeries) else check_width(history, groups)
+    n, L = inputs.shape[0], bundle.config.seq_len
     out = np.full((n, len(PUMP_TARGETS)), np.nan)
     ends = np.arange(max(lo, L - 1), n if hi is None else min(hi, n))
-    base = to_base(features)
+    base = to_base(inputs)
     for i in range(0, ends.size, HISTORY_CHUNK):  # bounded memory: a few network batches of windows at a time
         chunk = ends[i : i + HISTORY_CHUNK]
         out[chunk] = window_logits(bundle, base[chunk[:, None] - L + 1 + np.arange(L)])
@@ -59,7 +65,7 @@ def pump_logits(bundle: ModelBundle, features: np.ndarray, lo: int = 0, hi: int 
 
 @torch.inference_mode()
 def window_logits(bundle: ModelBundle, base_windows: np.ndarray) -> np.ndarray:
-    """Base values of windows (b, L, 6) -> raw pump logits (b, 3): the one place the network is asked, always
+    """Base values of windows (b, L, 6 + C) -> raw pump logits (b, 3): the one place the network is asked, always
     with SCORE_BATCH windows (the last batch padded with copies of the last window)."""
     L, b = bundle.config.seq_len, base_windows.shape[0]
     parts = [
@@ -89,8 +95,9 @@ class Detection(NamedTuple):
 class PumpDetector:
     """Pump probabilities and alarms of a model with a calibrated pump head.
 
-    `PumpDetector.load("model_v2.pth").score(features)` for a history (T, 6); `update(bar)` for bars that
-    arrive one at a time (it keeps the last seq_len bars and whether the alarm is raised).
+    `PumpDetector.load("model_v2.pth").score(history)` for a history (a TokenSeries, or raw features (T, 6));
+    `update(bar, extras, start_ms)` for bars that arrive one at a time (it keeps the last seq_len bars, the raw
+    bars its channels read, and whether the alarm is raised).
     """
 
     def __init__(self, bundle: ModelBundle, threshold: float | None = None, device: str | torch.device | None = None):
@@ -113,18 +120,19 @@ class PumpDetector:
         return cls(load_bundle(path), threshold, device)
 
     # ------------------------------------------------------------------ whole histories
-    def logits(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Raw pump logits (T, 3) of a raw history (T, 6); see pump_logits."""
-        return pump_logits(self.bundle, features, lo, hi)
+    def logits(self, history: np.ndarray | TokenSeries, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Raw pump logits (T, 3) of a history; see pump_logits."""
+        return pump_logits(self.bundle, history, lo, hi)
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Raw logits (T, 3) -> calibrated probability (T,) of the alarm output ("any": a pump starts within the
         pump horizon or is under way; "now": one is under way; chosen on validation)."""
         return self.calibration.probability(logits)
 
-    def score(self, features: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Calibrated pump probability (T,) of each step of a raw history (T, 6); NaN before seq_len steps."""
-        return self.probability(self.logits(features, lo, hi))
+    def score(self, history: np.ndarray | TokenSeries, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Calibrated pump probability (T,) of each step of a history (see pump_logits); NaN before seq_len
+        steps."""
+        return self.probability(self.logits(history, lo, hi))
 
     def alarms(self, probabilities: np.ndarray) -> np.ndarray:
         """Steps where an alarm begins: the first step of each run at or above the threshold."""
@@ -133,17 +141,28 @@ class PumpDetector:
     # ------------------------------------------------------------------ live bars
     def reset(self) -> None:
         """Forget the bars seen so far (a new token or a gap in the feed)."""
-        self._window = np.full((self.seq_len, len(FEATURES)), np.nan)
+        self._window = np.full((self.seq_len, self.bundle.config.n_inputs), np.nan)  # wide inputs
+        self._raw = np.full((CONTEXT + 1, len(FEATURES)), np.nan)  # the raw bars the channels read
+        self._extras = np.full((CONTEXT + 1, len(EXTRA_FEATURES)), np.nan)
         self._seen = 0
         self._alarmed = False
 
-    def update(self, bar: np.ndarray) -> Detection:
-        """Take the newest closed bar (the six features, NaN where absent) and score the window it ends."""
+    def update(self, bar: np.ndarray, extras: np.ndarray | None = None, start_ms: int | None = None) -> Detection:
+        """Take the newest closed bar (the six features, NaN where absent; with a model that reads channels its
+        extras (schema.EXTRA_FEATURES) and its start (Unix ms), each None when unknown) and score the window it
+        ends. Equal to the bit to `score` of the same bars as one history."""
         bar = np.asarray(bar, dtype=np.float64).reshape(-1)
         if bar.shape != (len(FEATURES),):
             raise DataError(f"a bar has {len(FEATURES)} features ({', '.join(FEATURES)}), got {bar.shape[0]}")
         if not (np.isfinite(bar[0]) and bar[0] > 0):
             raise DataError(f"bar {self._seen}: price {bar[0]!r} is not a positive number")
+        groups = self.bundle.config.groups
+        if groups:
+            extra = np.full(len(EXTRA_FEATURES), np.nan) if extras is None else np.asarray(extras, np.float64)
+            self._raw = np.concatenate([self._raw[1:], bar[None]])
+            self._extras = np.concatenate([self._extras[1:], extra.reshape(1, -1)])
+            times = None if start_ms is None else np.full(CONTEXT + 1, int(start_ms), dtype=np.int64)
+            bar = np.concatenate([bar, covariates(self._raw, self._extras, times, groups, lo=CONTEXT)[0]])
         self._window = np.concatenate([self._window[1:], bar[None]])
         self._seen += 1
         if self._seen < self.seq_len:
@@ -200,7 +219,7 @@ def score_token_range(
     a, b = rng
     if not tok.events_known or b <= a:
         return None
-    logits = pump_logits(bundle, tok.features, a, b)
+    logits = pump_logits(bundle, tok, a, b)
     outside = ~np.isfinite(logits[:, 0])
     scores = baselines.scores(tok)
     for s in scores.values():

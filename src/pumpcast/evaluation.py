@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pumpcast import baselines
+from pumpcast.channels import read_inputs
 from pumpcast.config import TestConfig
 from pumpcast.events import TokenScores, is_real, pump_events
 from pumpcast.files import atomic_write, atomic_write_json
@@ -140,7 +141,7 @@ def forecast_test_tokens(
     missing = [t for t in token_ids if t not in known]
     if missing:
         raise DataError(f"token(s) {missing} not in the store {store.dir}; it holds ids {sorted(known)}")
-    series = {t: store.read_features(t) for t in token_ids}
+    series = {t: read_inputs(store, t, forecaster.bundle.config.groups) for t in token_ids}
     origins = {t: forecast_origin(split, t, forecaster.seq_len, series[t].shape[0]) for t in token_ids}
     windows = np.stack([series[t][origins[t] - forecaster.seq_len : origins[t]] for t in token_ids])
     levels = forecaster.quantile_levels

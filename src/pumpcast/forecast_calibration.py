@@ -25,13 +25,14 @@ on the calibrated first pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pumpcast import baselines
+from pumpcast.channels import read_inputs
 from pumpcast.losses import mean_weights
 from pumpcast.metrics import pinball
 from pumpcast.schema import PRICE, ModelFileError
@@ -169,8 +170,10 @@ def calibrate_forecasts(
     seq_len: int,
     horizon: int,
     levels: tuple[float, ...],
+    groups: Sequence[str] = (),
 ) -> ForecastCalibration:
-    """The calibration of a model whose uncalibrated first pass is `forecast` (histories (B, seq_len, 6) ->
+    """The calibration of a model whose uncalibrated first pass is `forecast` (histories (B, seq_len, 6 + C) of
+    a model that reads the channel groups ->
     quantiles of the log price change (B, horizon, K)), from validation origins spread evenly over val_ranges
     (at most MAX_ORIGINS); its ridge is fitted on train_ranges. Needs seq_len > horizon + 1 (the empirical
     quantiles) and seq_len >= baselines.WARMUP (the ridge)."""
@@ -184,7 +187,7 @@ def calibrate_forecasts(
         origins = np.arange(max(a, first), b, every)
         if origins.size == 0:
             continue
-        feats = store.read_features(t)[:b]
+        feats = read_inputs(store, t, groups)[:b]
         for i in range(0, origins.size, 512):
             o = origins[i : i + 512]
             windows = feats[(o - seq_len)[:, None] + np.arange(seq_len)]

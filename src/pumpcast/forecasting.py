@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pumpcast.channels import advance_calendar, channel_names, check_width, covariates, read_inputs
 from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
 from pumpcast.losses import get_loss, mean_weights
 from pumpcast.modelfile import ModelBundle, require_fit
 from pumpcast.onnxfile import load_bundle
-from pumpcast.schema import FEATURES, MARKET_CAP, PRICE, ConfigError, DataError
+from pumpcast.schema import EXTRA_FEATURES, FEATURES, MARKET_CAP, PRICE, ConfigError, DataError
 from pumpcast.windows import LEVEL, relative, to_base
 
 #: A predicted step's normalised value is clipped to this many training standard deviations, so that a
@@ -90,15 +91,16 @@ class Forecaster:
         if not (isinstance(damping, float | int) and 0.0 <= damping <= 1.0):
             raise ConfigError(f"rollout_damping must be in [0, 1], got {damping!r}", "rollout_damping")
         history = np.asarray(history, dtype=np.float64)
-        if history.ndim != 3 or history.shape[2] != len(FEATURES):
+        if history.ndim != 3:
             raise DataError(f"history must have shape (batch, steps, {len(FEATURES)}), got {history.shape}")
+        history = check_width(history, self.bundle.config.groups)
         if history.shape[1] < self.seq_len:
             raise DataError(
                 f"history has {history.shape[1]} steps; this model needs at least seq_length={self.seq_len}"
             )
         levels = self.loss.levels
         med = levels.index(0.5)
-        absent = ~np.isfinite(history[:, -1])  # (B, 6)
+        absent = ~np.isfinite(history[:, -1, : len(FEATURES)])  # (B, 6)
         window = to_base(history[:, -self.seq_len :])  # (B, L, 6) base values, updated as we go
         out = np.empty((history.shape[0], steps, len(FEATURES), len(levels)))
         mean = np.empty((history.shape[0], steps))
@@ -140,12 +142,31 @@ class Forecaster:
             take = min(self.horizon, steps - done)
             out[:, done : done + take] = raw[:, :take]
             mean[:, done : done + take] = np.exp(log_mean[:, :take])
-            window = np.concatenate([window[:, take:], to_base(raw[:, :take, :, med])], axis=1)
+            window = np.concatenate([window[:, take:], self._future_inputs(window, raw[:, :take, :, med])], axis=1)
             done += take
             chunk += 1
             bar.update(take)
         bar.close()
         return out, mean
+
+    def _future_inputs(self, window: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Base values of predicted steps (B, n, 6 [+ C]) to append to a rollout's window: the predicted features
+        and, of the channels, only the clock (advanced from the window's last step); the others are unknown in
+        the future and stay absent, so a rollout never reads a future covariate."""
+        base = to_base(predicted)
+        names = channel_names(self.bundle.config.groups)
+        if not names:
+            return base
+        future = np.full((*base.shape[:2], len(names)), np.nan)
+        if "minute_sin" in names:
+            at = len(FEATURES) + names.index("minute_sin")
+            j = names.index("minute_sin")
+            future[..., j : j + 4] = advance_calendar(window[:, -1, at : at + 4], base.shape[1], self.interval_ms)
+        return np.concatenate([base, future], axis=-1)
+
+    @property
+    def interval_ms(self) -> int:
+        return self.bundle.data.interval_ms
 
     def predict(
         self, histories: Sequence[pd.DataFrame | np.ndarray], steps: int, names: Sequence[str] | None = None
@@ -161,7 +182,7 @@ class Forecaster:
         names = list(names) if names is not None else [f"history {i}" for i in range(len(histories))]
         arrays, times = [], []
         for h, name in zip(histories, names, strict=True):
-            arr, t = history_array(h, name=name)
+            arr, t = history_inputs(h, self.bundle.config.groups, name=name)
             require_fit(self.bundle, name, interval_ms=history_interval(t), steps=arr.shape[0])
             arrays.append(arr[-self.seq_len :])
             times.append(t)
@@ -209,13 +230,14 @@ def long_format(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.Data
 
 
 def origin_windows(
-    store, ranges: dict[int, tuple[int, int]], seq_len: int, every: int
+    store, ranges: dict[int, tuple[int, int]], seq_len: int, every: int, groups: Sequence[str] = ()
 ) -> list[tuple[int, int, np.ndarray]]:
-    """(token id, origin, the token's raw features) for forecast origins every `every` steps inside each range,
-    wherever seq_len steps of history exist before the origin and at least one step is left after it."""
+    """(token id, origin, the token's inputs: raw features, then the channel groups' columns) for forecast
+    origins every `every` steps inside each range, wherever seq_len steps of history exist before the origin
+    and at least one step is left after it."""
     out = []
     for t, (a, b) in sorted(ranges.items()):
-        feats = store.read_features(t)
+        feats = read_inputs(store, t, groups)
         out.extend((t, origin, feats) for origin in range(max(a, seq_len), b - 1, every))
     return out
 
@@ -257,6 +279,30 @@ def history_array(history: pd.DataFrame | np.ndarray, name: str = "history") -> 
         row, col = (int(v[0]) for v in np.nonzero(np.isinf(values)))
         raise DataError(f"{name}: column {FEATURES[col]!r} row {row + 2} is infinite")
     return values, times
+
+
+def history_inputs(
+    history: pd.DataFrame | np.ndarray, groups: Sequence[str], name: str = "history"
+) -> tuple[np.ndarray, pd.Series | None]:
+    """history_array, then the wide inputs (T, 6 + C) of a model that reads the channel groups: a frame's extra
+    columns (schema.EXTRA_FEATURES, as `pumpcast export` writes them) and its times feed the channels; what a
+    history lacks is absent."""
+    values, times = history_array(history, name)
+    if not groups:
+        return values, times
+    extras = None
+    if isinstance(history, pd.DataFrame) and any(c in history.columns for c in EXTRA_FEATURES):
+        extras = np.stack(
+            [
+                pd.to_numeric(history[c], errors="coerce").to_numpy(dtype=np.float64)
+                if c in history.columns
+                else np.full(len(history), np.nan)
+                for c in EXTRA_FEATURES
+            ],
+            axis=1,
+        )
+    stamps = None if times is None else times.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+    return np.concatenate([values, covariates(values, extras, stamps, groups)], axis=1), times
 
 
 def history_interval(times: pd.Series | None) -> int | None:

@@ -33,10 +33,11 @@ from typing import BinaryIO, NamedTuple, TextIO
 import numpy as np
 import pandas as pd
 
+from pumpcast.channels import CONTEXT
 from pumpcast.detection import Detection, PumpDetector
 from pumpcast.forecasting import history_array
 from pumpcast.ingest import trade_times, trades_to_bars
-from pumpcast.schema import FEATURES, LIQUIDITY, MARKET_CAP, PRICE, ConfigError, DataError
+from pumpcast.schema import EXTRA_FEATURES, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, ConfigError, DataError
 from pumpcast.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -184,12 +185,14 @@ class _Follower:
 
 
 class ClosedBar(NamedTuple):
-    """A bar that has closed: its start (Unix ms), the six features (NaN where absent) and its step: its index
-    in the series a replay of the whole feed would give (skipped bars of a long gap count)."""
+    """A bar that has closed: its start (Unix ms), the six features (NaN where absent), its step: its index
+    in the series a replay of the whole feed would give (skipped bars of a long gap count), and its extras
+    (schema.EXTRA_FEATURES; None when the feed does not give them)."""
 
     start_ms: int
     features: np.ndarray
     step: int = 0
+    extras: np.ndarray | None = None
 
 
 class BarBuilder:
@@ -284,8 +287,9 @@ class BarBuilder:
                 raise DataError(f"{self.name}: holds trades of {len(series)} pairs; follow one pair per file")
             tok = series[0]
             out += self._fill_until(int(tok.timestamps[0]))
-            for start, feats in zip(tok.timestamps, tok.features, strict=True):
-                out.append(self._close(int(start), feats))
+            extras = tok.extras if tok.extras is not None else [None] * len(tok.timestamps)
+            for start, feats, extra in zip(tok.timestamps, tok.features, extras, strict=True):
+                out.append(self._close(int(start), feats, extra))
         return out
 
     def _bars(self, frame: pd.DataFrame) -> list[ClosedBar]:
@@ -297,7 +301,10 @@ class BarBuilder:
         except (ValueError, TypeError) as exc:
             raise DataError(f"{self.name}: column 'time' is not ISO-8601 time ({exc})") from exc
         out: list[ClosedBar] = []
-        for start, feats in zip(starts.astype("int64").to_numpy(), values, strict=True):
+        extras = [None] * len(frame)
+        if any(c in frame.columns for c in EXTRA_FEATURES):
+            extras = list(frame.reindex(columns=list(EXTRA_FEATURES)).apply(pd.to_numeric, errors="coerce").to_numpy())
+        for start, feats, extra in zip(starts.astype("int64").to_numpy(), values, extras, strict=True):
             if self.last is not None and start <= self.last.start_ms:
                 raise DataError(
                     f"{self.name}: bar {iso(int(start))} is not after the bar before it; give bars in order"
@@ -312,7 +319,7 @@ class BarBuilder:
                     "bars; follow bars of the model's interval"
                 )
             out += self._fill_until(int(start))
-            out.append(self._close(int(start), feats))
+            out.append(self._close(int(start), feats, extra))
         return out
 
     def _fill_until(self, start_ms: int) -> list[ClosedBar]:
@@ -340,14 +347,16 @@ class BarBuilder:
             self.last = self.last._replace(step=self.last.step + skip)
         quiet = np.where(np.isnan(self.last.features), np.nan, 0.0)
         quiet[[PRICE, LIQUIDITY, MARKET_CAP]] = self.last.features[[PRICE, LIQUIDITY, MARKET_CAP]]
+        no_trades = None if self.last.extras is None else np.where(np.isnan(self.last.extras), np.nan, 0.0)
         out = []
         while self.last.start_ms + self.interval_ms < start_ms:
-            out.append(self._close(self.last.start_ms + self.interval_ms, quiet))
+            out.append(self._close(self.last.start_ms + self.interval_ms, quiet, no_trades))
         return out
 
-    def _close(self, start_ms: int, features: np.ndarray) -> ClosedBar:
+    def _close(self, start_ms: int, features: np.ndarray, extras: np.ndarray | None = None) -> ClosedBar:
         step = 0 if self.last is None else self.last.step + 1
-        self.last = ClosedBar(start_ms, np.asarray(features, dtype=np.float64), step)
+        extras = None if extras is None else np.asarray(extras, dtype=np.float64)
+        self.last = ClosedBar(start_ms, np.asarray(features, dtype=np.float64), step, extras)
         return self.last
 
 
@@ -367,8 +376,10 @@ def detect_live(detector: PumpDetector, blocks: Iterable[list[str]], name: str =
         if builder is None:
             if not block:
                 continue
-            builder, block = BarBuilder(block[0], interval, name, max_fill=detector.seq_len), block[1:]
+            # a gap builds the quiet bars the window and its channels read (channels.CONTEXT before the window)
+            fill = detector.seq_len + (CONTEXT if detector.bundle.config.groups else 0)
+            builder, block = BarBuilder(block[0], interval, name, max_fill=fill), block[1:]
         for bar in builder.feed(block):
-            yield LiveResult(bar.start_ms + interval, bar, detector.update(bar.features))
+            yield LiveResult(bar.start_ms + interval, bar, detector.update(bar.features, bar.extras, bar.start_ms))
     for bar in builder.finish() if builder is not None else []:
-        yield LiveResult(bar.start_ms + interval, bar, detector.update(bar.features))
+        yield LiveResult(bar.start_ms + interval, bar, detector.update(bar.features, bar.extras, bar.start_ms))

@@ -35,14 +35,15 @@ def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
 
 
 class PumpcastTransformer(nn.Module):
-    """Window (B, L, F) + mask (B, L, F) -> head outputs (B, horizon, F, K) (K: outputs per value of the
-    config's loss) and, with a pump head, pump logits (B, 3)."""
+    """Window (B, L, F + C) + mask (B, L, F + C) -> head outputs (B, horizon, F, K) (K: outputs per value of
+    the config's loss) and, with a pump head, pump logits (B, 3). The C channel columns (config.inputs,
+    channels.py) are inputs only: the head forecasts the F features."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         c = self.config = config
         self.outputs_per_value = get_loss(c.loss).outputs_per_value
-        in_ch = 2 * c.n_features  # values and their availability mask
+        in_ch = 2 * c.n_inputs  # values (features, then channels) and their availability mask
         if c.embedding == "conv":
             self.embed = nn.Conv1d(in_ch, c.embed_size, kernel_size=c.patch_len, stride=c.patch_len)
         else:

@@ -37,8 +37,8 @@ def export_onnx(bundle: ModelBundle, path: str | Path) -> Path:
     model = copy.deepcopy(bundle.model).cpu().eval()  # a copy: the bundle's network stays on its device
     L = bundle.config.seq_len
     example = (
-        torch.zeros(2, L, bundle.config.n_features),
-        torch.ones(2, L, bundle.config.n_features, dtype=torch.bool),
+        torch.zeros(2, L, bundle.config.n_inputs),
+        torch.ones(2, L, bundle.config.n_inputs, dtype=torch.bool),
     )
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     outputs = ["forecast", "pump_logits"] if bundle.config.pump_head else ["forecast"]
@@ -72,7 +72,7 @@ VERIFY_BATCHES = (1, 3, 32)
 def _verify(network: OnnxNetwork, model: torch.nn.Module, path: Path) -> None:
     """An export is a model that works: the ONNX graph must give the torch network's outputs (within 1e-4 of
     their scale) at several batch sizes, with absent values in the mask, or nothing is written."""
-    L, F = model.config.seq_len, model.config.n_features
+    L, F = model.config.seq_len, model.config.n_inputs
     gen = torch.Generator().manual_seed(0)
     for b in VERIFY_BATCHES:
         x = torch.randn(b, L, F, generator=gen)

@@ -111,11 +111,13 @@ class TokenSeries:
         return self.extras[:, EXTRA_FEATURES.index(name)]
 
     def to_pandas(self):
-        """The bars as a DataFrame: `time` (UTC, each bar's start) and the six features (NaN where absent), as
-        `pumpcast export` writes them and `Forecaster.predict` reads them."""
+        """The bars as a DataFrame: `time` (UTC, each bar's start), the six features and, when the source gave
+        them, the extras (NaN where absent), as `pumpcast export` writes them and `Forecaster.predict` reads them."""
         import pandas as pd
 
         frame = pd.DataFrame(self.features, columns=list(FEATURES))
+        if self.extras is not None:
+            frame[list(EXTRA_FEATURES)] = self.extras
         frame.insert(0, "time", pd.to_datetime(self.timestamps, unit="ms", utc=True))
         return frame
 

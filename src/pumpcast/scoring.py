@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pumpcast import baselines
+from pumpcast.channels import model_inputs
 from pumpcast.detection import PumpDetector, event_scores, score_token_range
 from pumpcast.events import TokenScores, pump_events
 from pumpcast.forecasting import Forecaster
@@ -249,7 +250,8 @@ def fold_token_scores(
         org = range_origins(tok, rng, horizons, first, every)
         if org is not None:
             tokens.append(t)
-            sums.append(score_token(tok.features, org, horizons, forecaster, ridge, context, frames))
+            inputs = model_inputs(tok, bundle.config.groups)
+            sums.append(score_token(inputs, org, horizons, forecaster, ridge, context, frames))
         scored = score_token_range(bundle, tok, rng, model_set) if detector is not None else None
         if scored is None:
             continue

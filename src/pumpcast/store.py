@@ -739,14 +739,11 @@ class TokenDataManager:
 
     # ---------------------------------------------------------------- export
     def export_csv(self, token_id: int, output: str | Path, events_output: str | Path | None = None) -> None:
-        """Write one token's bars as CSV (time, the six features; empty where absent), and its events."""
+        """Write one token's bars as CSV (time, the six features, and the extras of a token that has them; empty
+        where absent), and its events."""
         tok = self.read(token_id)
-        frame = pd.DataFrame(tok.features, columns=list(FEATURES))
-        frame.insert(
-            0,
-            "time",
-            pd.to_datetime(tok.timestamps, unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
+        frame = tok.to_pandas()
+        frame["time"] = frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
         atomic_write(
             Path(output),
             lambda p: frame.to_csv(p, index=False, float_format="%.10g"),

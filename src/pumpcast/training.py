@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
 from pumpcast.calibration import calibrate
+from pumpcast.channels import model_inputs
 from pumpcast.config import ModelConfig, TrainConfig, flat_values
 from pumpcast.events import pump_labels
 from pumpcast.losses import get_loss, pump_loss
@@ -359,7 +360,7 @@ class PumpcastDataModule(pl.LightningDataModule):
                 if tok.events_known
             }
             ds = WindowDataset(
-                {t: tok.features for t, tok in tokens.items()},
+                {t: model_inputs(tok, self.cfg.model.groups) for t, tok in tokens.items()},
                 {t: ranges[t] for t in mine},
                 L,
                 H,

@@ -56,10 +56,12 @@ def relative(base: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Base values of windows (B, W, 6) -> values relative to each window's inputs, and the references (B, 6).
 
     Reference: last input step for level features, mean input activity for activity features.
-    ACTIVITY must start with VOLUME (checked at import).
+    ACTIVITY must start with VOLUME (checked at import). Wide windows (B, W, 6 + C) keep their channel columns
+    (channels.py: already scale-free) as they are; references are of the six features only.
     """
-    ref = np.empty(base.shape[:1] + base.shape[2:], dtype=np.float64)
+    ref = np.empty((base.shape[0], len(FEATURES)), dtype=np.float64)
     rel = np.empty_like(base, dtype=np.float64)
+    rel[..., len(FEATURES) :] = base[..., len(FEATURES) :]
     ref[:, LEVEL] = base[:, seq_len - 1, LEVEL]
     rel[..., LEVEL] = base[..., LEVEL] - ref[:, None, LEVEL]
     with np.errstate(invalid="ignore"):
@@ -110,11 +112,14 @@ class Normalizer:
         return cls(np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
 
     def normalize(self, rel: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Relative values (B, W, 6) whose first seq_len steps are inputs -> (normalised float32 with absent
-        set to 0, mask)."""
+        """Relative values (B, W, 6 [+ C]) whose first seq_len steps are inputs -> (normalised float32 with
+        absent set to 0, mask); channel columns pass as they are (channels.py bounds them)."""
         mask = np.isfinite(rel)
         row = (np.arange(rel.shape[1]) >= seq_len).astype(int)  # 0 for inputs, 1 for targets
-        z = (rel - self.center[row]) / self.scale[row]
+        extra = rel.shape[-1] - len(FEATURES)
+        center = np.pad(self.center, ((0, 0), (0, extra)))[row]
+        scale = np.pad(self.scale, ((0, 0), (0, extra)), constant_values=1.0)[row]
+        z = (rel - center) / scale
         return np.where(mask, z, 0.0).astype(np.float32), mask
 
     def denormalize(self, z: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -208,8 +213,10 @@ class Normalizer:
 class WindowDataset(Dataset):
     """Windows whose targets lie inside each token's target range; see the module docstring.
 
-    series: token id -> raw features (T, 6); ranges: token id -> [start, end) of allowed target steps.
-    A batch (via __getitems__) is a dict of tensors: x (B, L, 6), x_mask, y (B, H, 6), y_mask, ref (B, 6),
+    series: token id -> raw features (T, 6), or wide inputs (T, 6 + C) (channels.model_inputs); ranges: token
+    id -> [start, end) of allowed target steps.
+    A batch (via __getitems__) is a dict of tensors: x (B, L, 6 [+ C]), x_mask, y (B, H, 6) (the features
+    only: channels are never targets), y_mask, ref (B, 6),
     token (B,), start (B,) = index of the first input step, pump (B, 3) = the pump labels of the last input
     step (labels: token id -> (T, 3), see pumps.pump_labels; NaN for tokens whose events are unknown).
     """
@@ -239,7 +246,8 @@ class WindowDataset(Dataset):
             if labels is not None:  # tokens whose events are unknown get NaN labels
                 label_parts.append(labels.get(int(t), np.full((base.shape[0], len(PUMP_TARGETS)), np.nan, np.float32)))
             pos += base.shape[0]
-        self.flat = np.concatenate(parts) if parts else np.zeros((0, len(FEATURES)), np.float32)
+        width = next(iter(series.values())).shape[1] if series else len(FEATURES)
+        self.flat = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
         self.flat_labels = np.concatenate(label_parts).astype(np.float32) if label_parts else None
         self.offsets = np.array(offsets, dtype=np.int64)
         self.first = np.array(first, dtype=np.int64)
@@ -275,8 +283,8 @@ class WindowDataset(Dataset):
             ),
             "x": torch.from_numpy(z[:, :L]),
             "x_mask": torch.from_numpy(mask[:, :L]),
-            "y": torch.from_numpy(z[:, L:]),
-            "y_mask": torch.from_numpy(mask[:, L:]),
+            "y": torch.from_numpy(np.ascontiguousarray(z[:, L:, : len(FEATURES)])),
+            "y_mask": torch.from_numpy(np.ascontiguousarray(mask[:, L:, : len(FEATURES)])),
             "ref": torch.from_numpy(ref),
             "token": torch.from_numpy(self.token_ids[k]),
             "start": torch.from_numpy(start),

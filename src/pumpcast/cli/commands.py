@@ -274,7 +274,7 @@ def detect(args: argparse.Namespace) -> None:
 
     from pumpcast.detection import PumpDetector
     from pumpcast.files import atomic_write
-    from pumpcast.forecasting import history_array, history_interval
+    from pumpcast.forecasting import history_inputs, history_interval
     from pumpcast.ingest import read_table
     from pumpcast.modelfile import require_fit
 
@@ -287,7 +287,7 @@ def detect(args: argparse.Namespace) -> None:
     if args.idle_exit is not None:
         raise ConfigError("--idle-exit goes with --follow FILE; --input is read to its end")
     detector = PumpDetector.load(args.load_model, args.threshold)
-    features, times = history_array(read_table(args.input), name=str(args.input))
+    features, times = history_inputs(read_table(args.input), detector.bundle.config.groups, name=str(args.input))
     require_fit(detector.bundle, str(args.input), interval_ms=history_interval(times), steps=features.shape[0])
     p = detector.score(features)  # step t from the window that ends at t, as `update` gives it bar by bar
     onsets = detector.alarms(p)
