@@ -114,13 +114,20 @@ class EventCounts:
     threshold: float
     scores: list[float] = field(default_factory=list)
     positives: list[int] = field(default_factory=list)
+    interval_ms: int = 60_000  # the bar length, which turns delays into seconds
+
+    @property
+    def delays_s(self) -> list[float]:
+        """Seconds from each detected event's start (the announced time of a real pump) to its first alarm
+        line, which is printed when the alarm's bar closes: (delay + 1) bars; early alarms are negative or 0."""
+        return [(d + 1) * self.interval_ms / 1000 for d in self.delays]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EventCounts:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -137,6 +144,10 @@ class EventMetrics:
     auprc: float
     days: float
     threshold: float
+    median_delay_s: float = float("nan")  # seconds from the start to the first alarm line (EventCounts.delays_s)
+    within_30s: int = 0  # events whose first alarm line came at most 30 s after the start (early ones included)
+    within_60s: int = 0
+    within_120s: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +171,7 @@ def event_counts(item: TokenScores, threshold: float, horizon: int, keep_scores:
     false_alarms = sum(not any(lo <= t <= hi for lo, hi in spans) for t in alarm_onsets(alarmed))
     counts = EventCounts(
         item.token_id, len(events), detected, early, delays, int(false_alarms), valid.sum() / item.steps_per_day,
-        float(threshold),
+        float(threshold), interval_ms=item.interval_ms,
     )
     if keep_scores:
         labels = pump_labels(len(item.scores), item.events, horizon, item.interval_ms)[valid, ANY]
@@ -174,6 +185,7 @@ def pooled(counts: Sequence[EventCounts], labels: np.ndarray | None = None, scor
     n_events = sum(c.events for c in counts)
     days = float(sum(c.days for c in counts))
     delays = [d for c in counts for d in c.delays]
+    seconds = np.asarray([d for c in counts for d in c.delays_s])
     detected, early = sum(c.detected for c in counts), sum(c.early for c in counts)
     return EventMetrics(
         events=n_events,
@@ -186,6 +198,10 @@ def pooled(counts: Sequence[EventCounts], labels: np.ndarray | None = None, scor
         auprc=average_precision(labels, scores) if labels is not None else float("nan"),
         days=days,
         threshold=counts[0].threshold if counts else float("nan"),
+        median_delay_s=float(np.median(seconds)) if seconds.size else float("nan"),
+        within_30s=int((seconds <= 30).sum()),
+        within_60s=int((seconds <= 60).sum()),
+        within_120s=int((seconds <= 120).sum()),
     )
 
 
@@ -271,7 +287,7 @@ def choose_threshold(items: Sequence[TokenScores], horizon: int, max_false_alarm
 
 
 #: The pooled event metrics the bootstrap gives intervals for.
-EVENT_RATES = ("recall", "early_warning_rate", "false_alarms_per_day", "median_delay_steps", "auprc")
+EVENT_RATES = ("recall", "early_warning_rate", "false_alarms_per_day", "median_delay_steps", "median_delay_s", "auprc")
 
 
 def bootstrap_events(counts: Sequence[EventCounts], n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -291,5 +307,6 @@ def bootstrap_events(counts: Sequence[EventCounts], n_boot: int, rng: np.random.
         "events": int(sum(c.events for c in counts)),
         "detected": int(sum(c.detected for c in counts)),
         "early": int(sum(c.early for c in counts)),
+        **{f"within_{s}s": int(sum(d <= s for c in counts for d in c.delays_s)) for s in (30, 60, 120)},
         **{key: [float(v[0, i]), float(lo[i]), float(hi[i])] for i, key in enumerate(EVENT_RATES)},
     }

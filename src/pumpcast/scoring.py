@@ -182,7 +182,7 @@ class FoldScores:
     forecast sums per scored token (tokens, methods, H, subsets, stats) and, with a pump head, each detector's
     event counts per test token with known events."""
 
-    FORMAT = 2  # 2: typed event counts with every delay, interval widths among the stats
+    FORMAT = 3  # 2: typed event counts with every delay, interval widths among the stats; 3: their bar length
 
     fold: int
     train_tokens: list[int]
@@ -390,13 +390,15 @@ def event_table(events: dict[str, Any]) -> list[str]:
     """Markdown lines of summarize_events()'s metrics: a row per detector, with bootstrap intervals."""
     lines = [
         "",
-        "| detector | detected | early | false alarms / day | median delay (steps) | AUPRC |",
-        "|---|---|---|---|---|---|",
+        "| detector | detected | early | within 30 s / 60 s / 120 s | false alarms / day | median delay (s) | AUPRC |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, m in events.items():
+        within = " / ".join(str(m.get(f"within_{s}s", "")) for s in (30, 60, 120))
         lines.append(
             f"| {name} | {m['detected']}/{m['events']}: {ci(m['recall'], 2)} | "
-            f"{m['early']}/{m['events']}: {ci(m['early_warning_rate'], 2)} | "
-            f"{ci(m['false_alarms_per_day'], 2)} | {ci(m['median_delay_steps'], 1)} | {ci(m['auprc'])} |"
+            f"{m['early']}/{m['events']}: {ci(m['early_warning_rate'], 2)} | {within} | "
+            f"{ci(m['false_alarms_per_day'], 2)} | {ci(m.get('median_delay_s', [float('nan')] * 3), 0)} | "
+            f"{ci(m['auprc'])} |"
         )
     return lines
