@@ -249,10 +249,12 @@ def backtest_markdown(report: dict[str, Any]) -> str:
     if report.get("events"):
         lines += [
             "",
-            "## Pump events (thresholds chosen on each fold's validation tokens, the z-scores' windows and "
-            "thresholds on its training and validation tokens, to at most "
-            f"{report['settings']['pump']['max_false_alarms_per_day']:g} false alarm per day there; "
-            "delays in bars, negative = early)",
+            "## Pump events (thresholds chosen on each fold's validation tokens, or with cross-fitting on all its "
+            "training tokens scored out of fold; the z-scores' windows and thresholds on its training and validation "
+            f"tokens; to at most {report['settings']['pump']['max_false_alarms_per_day']:g} false alarm per day "
+            "there. detector: the one `detect` uses, as each fold's model file names it. Delays and the within "
+            "columns: seconds from the announced time to the alarm line, printed at its bar's close; early = "
+            "before the announced bar)",
             *event_table(report["events"]),
         ]
     lines += [

@@ -16,21 +16,24 @@ ForecastCalibration, ModelBundle.rollout_damping.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 
 from pumpcast import baselines
+from pumpcast.channels import covariates
 from pumpcast.detection import RangeScores, score_ranges
 from pumpcast.detectors import BaselineSet, Ensemble, fit_baselines
 from pumpcast.events import ANY, PUMP_TARGETS, TokenScores, judged_kind, pump_labels
 from pumpcast.forecast_calibration import calibrate_forecasts
 from pumpcast.forecasting import Forecaster, origin_windows
-from pumpcast.metrics import average_precision, choose_threshold, event_metrics
+from pumpcast.metrics import EventMetrics, average_precision, choose_threshold, event_metrics
 from pumpcast.modelfile import ModelBundle
-from pumpcast.pumps import PumpCalibration, calibrated, fit_platt
+from pumpcast.pumps import MIN_EVENTS, PumpCalibration, calibrated, fit_platt
 from pumpcast.schema import PRICE
 from pumpcast.splits import tokens_with_events
+from pumpcast.stacking import STACK_GROUPS, Stacker, fit_stacker, stack_inputs
 from pumpcast.store import TokenDataManager
 
 log = logging.getLogger(__name__)
@@ -44,12 +47,16 @@ def calibrate(
     val_ranges: dict[int, tuple[int, int]],
     max_false_alarms_per_day: float,
     train_ranges: dict[int, tuple[int, int]] | None = None,
+    out_of_fold: Mapping[int, np.ndarray] | None = None,
+    cross_fit: int = 0,
 ) -> ModelBundle:
-    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head), the
-    forecast calibration (a quantile model with seq_len >= baselines.WARMUP and > horizon + 1; its ridge fits
-    train_ranges) and the rollout damping."""
+    """The bundle with what is chosen on validation data only: the pump calibration (with a pump head; on
+    out-of-fold logits when given, see calibrate_pump_head), the forecast calibration (a quantile model with
+    seq_len >= baselines.WARMUP and > horizon + 1; its ridge fits train_ranges) and the rollout damping."""
     pump = (
-        calibrate_pump_head(bundle, store, val_ranges, max_false_alarms_per_day, train_ranges)
+        calibrate_pump_head(
+            bundle, store, val_ranges, max_false_alarms_per_day, train_ranges, out_of_fold, cross_fit
+        )
         if bundle.config.pump_head
         else None
     )
@@ -89,15 +96,27 @@ def calibrate_pump_head(
     val_ranges: dict[int, tuple[int, int]],
     max_false_alarms_per_day: float,
     train_ranges: dict[int, tuple[int, int]] | None = None,
+    out_of_fold: Mapping[int, np.ndarray] | None = None,
+    cross_fit: int = 0,
 ) -> PumpCalibration:
     """On validation data only: Platt-scale the pump head, choose which output raises alarms ("now" or "any",
     by validation recall within the false-alarm budget, then fewer false alarms) and its alarm threshold to the
-    budget; and tune the baselines (detectors.fit_baselines: z-scores on the training and validation ranges,
-    which they do not fit, the logistic regression fitted on the training ranges). Everything evaluate and
-    detect use later comes from here."""
+    budget; fit the stacker (stacking.py) and its threshold; name the better of the two the detector; and tune
+    the baselines (detectors.fit_baselines: z-scores on the training and validation ranges, which they do not
+    fit, the logistic regression fitted on the training ranges). Everything evaluate and detect use later comes
+    from here.
+
+    out_of_fold: token id -> raw pump logits (T, 3) of training and validation tokens, each from a sub-model
+    that never trained on it (training.cross_fit_logits, `cross_fit` sub-models); the choices are then made on
+    all of them instead of the validation tokens' scores by the model itself."""
     K = bundle.config.pump_horizon
-    log.info("calibrating the pump head on %d validation token(s)", len(val_ranges))
-    scored = score_ranges(bundle, store, val_ranges, BaselineSet())
+    if out_of_fold:
+        log.info("calibrating the pump detectors on %d token(s) scored out of fold", len(out_of_fold))
+        scored = [RangeScores(store.read(t), logits, {}) for t, logits in sorted(out_of_fold.items())]
+        scored = [r for r in scored if r.token.events_known]
+    else:
+        log.info("calibrating the pump head on %d validation token(s)", len(val_ranges))
+        scored = score_ranges(bundle, store, val_ranges, BaselineSet())
     if not scored:
         log.info("no validation token has known events: the pump head stays uncalibrated and raises no alarm")
         return PumpCalibration(
@@ -109,12 +128,9 @@ def calibrate_pump_head(
     judged = {t.token_id for t in judged_kind(list(read.values()))}
     scored = [r for r in scored if r.token.token_id in judged]
     keep = [np.isfinite(r.logits[:, 0]) for r in scored]
-    logits = [r.logits[k] for r, k in zip(scored, keep, strict=True)]
-    labels = [
-        pump_labels(len(r.token.features), r.token.events, K, r.token.interval_ms)[k]
-        for r, k in zip(scored, keep, strict=True)
-    ]
-    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    labels = [pump_labels(len(r.token.features), r.token.events, K, r.token.interval_ms) for r in scored]
+    all_logits = np.concatenate([r.logits[k] for r, k in zip(scored, keep, strict=True)])
+    all_labels = np.concatenate([y[k] for y, k in zip(labels, keep, strict=True)])
     platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
     choices = []
     for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
@@ -127,6 +143,18 @@ def calibrate_pump_head(
         m = event_metrics(its, th, K)
         choices.append((-np.nan_to_num(m.recall), m.false_alarms_per_day, output, th, m))
     _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
+    stacker, stacker_metrics = _fit_stacker(scored, labels, K, max_false_alarms_per_day, bundle.data.seed)
+    detector = "model"
+    if stacker is not None and _rank(stacker_metrics) > _rank(val_metrics):
+        detector = "stacker"
+    events = val_metrics.events
+    note = ""
+    if events < MIN_EVENTS:
+        note = (
+            f"thresholds rest on {events} validation event(s) (fewer than {MIN_EVENTS}); cross-fit "
+            "(--cross-fit K) or add tokens with events"
+        )
+        log.warning("pump calibration: %s", note)
     with_events = tokens_with_events(store)
     train_ranges = dict(  # enough tokens to tune on, the same ones every time: those with events first
         sorted((train_ranges or {}).items(), key=lambda kv: (kv[0] not in with_events, kv[0]))[:BASELINE_TOKENS]
@@ -135,16 +163,21 @@ def calibrate_pump_head(
     baselines = fit_baselines(tokens, train_ranges, val_ranges, K, max_false_alarms_per_day)
     probability = PumpCalibration(K, platt, alarm_output=alarm_output).probability
     ensemble = fit_ensemble(scored, probability, baselines, K, max_false_alarms_per_day)
-    log.info(
-        "pump alarms on %r at probability >= %.4g (validation: %d event(s), recall %.2f, %.2f false alarms/day; "
-        "budget %g)",
-        alarm_output,
-        threshold,
-        val_metrics.events,
-        np.nan_to_num(val_metrics.recall),
-        val_metrics.false_alarms_per_day,
-        max_false_alarms_per_day,
-    )
+    for name, m, th in (("model", val_metrics, threshold), ("stacker", stacker_metrics, None)):
+        if m is None:
+            continue
+        log.info(
+            "%s: alarms at probability >= %.4g (%d event(s): recall %.2f, %.2f false alarms/day of a budget of %g, "
+            "AUPRC %.3f)%s",
+            name,
+            th if th is not None else stacker.threshold,  # type: ignore[union-attr]
+            m.events,
+            np.nan_to_num(m.recall),
+            m.false_alarms_per_day,
+            max_false_alarms_per_day,
+            np.nan_to_num(m.auprc),
+            " <- detect uses it" if name == detector else "",
+        )
     return PumpCalibration(
         horizon=K,
         calibration=platt,
@@ -153,8 +186,39 @@ def calibrate_pump_head(
         alarm_output=alarm_output,
         baselines=baselines,
         ensemble=ensemble,
-        val_metrics=val_metrics.to_dict(),
+        val_metrics=val_metrics.to_dict()
+        | ({"stacker": stacker_metrics.to_dict()} if stacker_metrics is not None else {}),
+        note=note,
+        stacker=stacker,
+        detector=detector,
+        val_events=events,
+        cross_fit=cross_fit if out_of_fold else 0,
     )
+
+
+def _rank(m: EventMetrics) -> tuple[float, float]:
+    """How detectors are compared on validation: events detected within the budget, then AUPRC."""
+    return (np.nan_to_num(m.recall), np.nan_to_num(m.auprc))
+
+
+def _fit_stacker(
+    scored: list[RangeScores], labels: list[np.ndarray], horizon: int, budget: float, seed: int
+) -> tuple[Stacker | None, EventMetrics | None]:
+    """The stacker on the scored tokens and its threshold for the budget, chosen (and its metrics measured) on
+    its grouped cross-validated probabilities; (None, None) without two tokens that have a pump."""
+    rows = [
+        stack_inputs(r.logits, covariates(r.token.features, r.token.extras, r.token.timestamps, STACK_GROUPS))
+        for r in scored
+    ]
+    fitted = fit_stacker(rows, [y[:, ANY] for y in labels], seed)
+    if fitted is None:
+        return None, None
+    stacker, cv = fitted
+    items = [
+        TokenScores(r.token.token_id, p, r.token.events, r.steps_per_day) for r, p in zip(scored, cv, strict=True)
+    ]
+    th = choose_threshold(items, horizon, budget)
+    return replace(stacker, threshold=th), event_metrics(items, th, horizon)
 
 
 def fit_ensemble(

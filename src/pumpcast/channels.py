@@ -190,3 +190,15 @@ def check_width(history: np.ndarray, groups: Sequence[str], name: str = "history
 def read_inputs(store: TokenDataManager, token_id: int, groups: Sequence[str]) -> np.ndarray:
     """A stored token's wide inputs (its raw features alone for a model without channels)."""
     return model_inputs(store.read(token_id), groups) if groups else store.read_features(token_id)
+
+
+def union(*groups: Sequence[str]) -> tuple[str, ...]:
+    """The groups of all the given lists, in GROUPS order."""
+    return tuple(g for g in GROUPS if any(g in gs for gs in groups))
+
+
+def columns(have: Sequence[str], want: Sequence[str], features: bool = True) -> np.ndarray:
+    """Indices into wide inputs of the groups `have` of (the six features and) the columns of `want` (a subset)."""
+    names = channel_names(have)
+    picked = [len(FEATURES) + names.index(n) for n in channel_names(want)]
+    return np.asarray([*(range(len(FEATURES)) if features else ()), *picked], dtype=np.intp)

@@ -283,6 +283,17 @@ class PumpConfig(Settings):
     max_false_alarms_per_day: float = option(
         1.0, "alarm budget; thresholds are chosen on validation data to meet it", low=0
     )
+    cross_fit: int = option(
+        0,
+        "K >= 2: K sub-models, each trained without a K-th of the tokens with events, score those out of fold, "
+        "so thresholds, Platt scaling and the stacker are fitted on every training event, not the validation "
+        "tokens' (K more trainings); 0: validation tokens only",
+        low=0,
+    )
+
+    def check(self) -> None:
+        if self.cross_fit == 1:
+            raise ConfigError("cross_fit must be 0 (off) or a number of sub-models >= 2, got 1", "cross_fit")
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pumpcast.channels import CONTEXT, check_width, covariates, model_inputs
+from pumpcast.channels import CONTEXT, channel_names, check_width, columns, covariates, model_inputs, union
 from pumpcast.detectors import BaselineSet
 from pumpcast.events import PUMP_TARGETS, TokenScores, alarm_onsets
 from pumpcast.modelfile import ModelBundle
 from pumpcast.onnxfile import load_bundle
 from pumpcast.pumps import PumpCalibration
 from pumpcast.schema import EXTRA_FEATURES, FEATURES, DataError, ModelFileError, TokenSeries
+from pumpcast.stacking import STACK_GROUPS, stack_inputs
 from pumpcast.store import TokenDataManager
 from pumpcast.windows import relative, to_base
 
@@ -98,6 +99,10 @@ class PumpDetector:
     `PumpDetector.load("model_v2.pth").score(history)` for a history (a TokenSeries, or raw features (T, 6));
     `update(bar, extras, start_ms)` for bars that arrive one at a time (it keeps the last seq_len bars, the raw
     bars its channels read, and whether the alarm is raised).
+
+    It is one detector, the one the model file names (`detector`): the network's calibrated pump head ("model")
+    or the stacker over the network's logits and the market signals ("stacker"), whichever was better on
+    validation; `threshold` is that detector's. `scores` gives both.
     """
 
     def __init__(self, bundle: ModelBundle, threshold: float | None = None, device: str | torch.device | None = None):
@@ -108,7 +113,13 @@ class PumpDetector:
         assert bundle.pump is not None
         self.bundle = bundle
         self.calibration: PumpCalibration = bundle.pump
-        self.threshold = self.calibration.threshold if threshold is None else float(threshold)
+        self.detector = self.calibration.detector
+        self.threshold = self.calibration.thresholds[self.detector] if threshold is None else float(threshold)
+        stacker = self.calibration.stacker
+        #: the channel groups of this detector's wide inputs: the network's and, with a stacker, the stacker's
+        self.groups = union(bundle.config.groups, STACK_GROUPS if stacker is not None else ())
+        self._model_cols = columns(self.groups, bundle.config.groups)
+        self._stack_cols = columns(self.groups, STACK_GROUPS, features=False) if stacker is not None else None
         if device is not None:
             bundle.model.to(torch.device(device))
         bundle.model.eval()
@@ -120,19 +131,40 @@ class PumpDetector:
         return cls(load_bundle(path), threshold, device)
 
     # ------------------------------------------------------------------ whole histories
+    def inputs(self, history: np.ndarray | TokenSeries) -> np.ndarray:
+        """A history as this detector's wide inputs (T, 6 + C): a TokenSeries gives every channel it can, raw
+        features (T, 6) none (absent)."""
+        if isinstance(history, TokenSeries):
+            return model_inputs(history, self.groups)
+        return check_width(np.asarray(history, dtype=np.float64), self.groups)
+
     def logits(self, history: np.ndarray | TokenSeries, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Raw pump logits (T, 3) of a history; see pump_logits."""
-        return pump_logits(self.bundle, history, lo, hi)
+        return pump_logits(self.bundle, self.inputs(history)[:, self._model_cols], lo, hi)
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
-        """Raw logits (T, 3) -> calibrated probability (T,) of the alarm output ("any": a pump starts within the
-        pump horizon or is under way; "now": one is under way; chosen on validation)."""
+        """Raw logits (T, 3) -> the network's calibrated probability (T,) of the alarm output ("any": a pump
+        starts within the pump horizon or is under way; "now": one is under way; chosen on validation)."""
         return self.calibration.probability(logits)
 
+    def scores(self, history: np.ndarray | TokenSeries, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        """Per step of a history: the probability of the network ("model") and, with a stacker, the stacker's."""
+        wide = self.inputs(history)
+        logits = pump_logits(self.bundle, wide[:, self._model_cols], lo, hi)
+        return self.scores_of(logits, wide)
+
+    def scores_of(self, logits: np.ndarray, wide: np.ndarray) -> dict[str, np.ndarray]:
+        """`scores` from logits already computed and the wide inputs of the same steps."""
+        out = {"model": self.probability(logits)}
+        if self._stack_cols is not None:
+            assert self.calibration.stacker is not None
+            out["stacker"] = self.calibration.stacker.score(stack_inputs(logits, wide[:, self._stack_cols]))
+        return out
+
     def score(self, history: np.ndarray | TokenSeries, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Calibrated pump probability (T,) of each step of a history (see pump_logits); NaN before seq_len
+        """The probability (T,) of this detector (see the class) at each step of a history; NaN before seq_len
         steps."""
-        return self.probability(self.logits(history, lo, hi))
+        return self.scores(history, lo, hi)[self.detector]
 
     def alarms(self, probabilities: np.ndarray) -> np.ndarray:
         """Steps where an alarm begins: the first step of each run at or above the threshold."""
@@ -141,7 +173,7 @@ class PumpDetector:
     # ------------------------------------------------------------------ live bars
     def reset(self) -> None:
         """Forget the bars seen so far (a new token or a gap in the feed)."""
-        self._window = np.full((self.seq_len, self.bundle.config.n_inputs), np.nan)  # wide inputs
+        self._window = np.full((self.seq_len, len(FEATURES) + len(channel_names(self.groups))), np.nan)
         self._raw = np.full((CONTEXT + 1, len(FEATURES)), np.nan)  # the raw bars the channels read
         self._extras = np.full((CONTEXT + 1, len(EXTRA_FEATURES)), np.nan)
         self._seen = 0
@@ -156,7 +188,7 @@ class PumpDetector:
             raise DataError(f"a bar has {len(FEATURES)} features ({', '.join(FEATURES)}), got {bar.shape[0]}")
         if not (np.isfinite(bar[0]) and bar[0] > 0):
             raise DataError(f"bar {self._seen}: price {bar[0]!r} is not a positive number")
-        groups = self.bundle.config.groups
+        groups = self.groups
         if groups:
             extra = np.full(len(EXTRA_FEATURES), np.nan) if extras is None else np.asarray(extras, np.float64)
             self._raw = np.concatenate([self._raw[1:], bar[None]])
@@ -168,7 +200,8 @@ class PumpDetector:
         if self._seen < self.seq_len:
             p = float("nan")
         else:
-            p = float(self.probability(window_logits(self.bundle, to_base(self._window)[None]))[0])
+            logits = window_logits(self.bundle, to_base(self._window[:, self._model_cols])[None])
+            p = float(self.scores_of(logits, self._window[-1:])[self.detector][0])
         alarmed = bool(np.nan_to_num(p) >= self.threshold)
         onset = alarmed and not self._alarmed
         self._alarmed = alarmed
@@ -228,15 +261,18 @@ def score_token_range(
 
 
 def event_scores(detector: PumpDetector, scored: list[RangeScores]) -> dict[str, list[TokenScores]]:
-    """Per-step scores for the event metrics: the model's calibrated alarm probability, each baseline and, when
-    the model file has one, the ensemble of the model with its best baseline."""
-    out: dict[str, list[TokenScores]] = {"model": [], **{name: [] for name in scored[0].baselines}} if scored else {}
+    """Per-step scores for the event metrics: "detector" (the one `detect` uses, as the model file names it),
+    the network's calibrated alarm probability ("model"), the stacker's when the file has one, each baseline
+    and, when the model file has one, the ensemble of the model with its best baseline."""
+    out: dict[str, list[TokenScores]] = {"detector": [], "model": []} if scored else {}
+    out.update({name: [] for name in scored[0].baselines} if scored else {})
     ensemble = detector.calibration.ensemble
     for r in scored:
         tok = r.token
-        out["model"].append(
-            TokenScores(tok.token_id, detector.probability(r.logits), tok.events, r.steps_per_day, tok.source)
-        )
+        mine = detector.scores_of(r.logits, detector.inputs(tok))
+        for name in ("detector", *mine):
+            s = mine[detector.detector if name == "detector" else name]
+            out.setdefault(name, []).append(TokenScores(tok.token_id, s, tok.events, r.steps_per_day, tok.source))
         for name, s in r.baselines.items():
             out[name].append(TokenScores(tok.token_id, s, tok.events, r.steps_per_day, tok.source))
         if ensemble is not None and ensemble.baseline in r.baselines:

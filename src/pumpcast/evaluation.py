@@ -189,17 +189,17 @@ def evaluate_store(
         raise DataError(f"split {split.strategy!r} has no test tokens; evaluate needs a split with a test part")
     require_store_fit(bundle, store, split.tokens("test"))
     pump = bundle.pump
-    thresholds = pump.thresholds
+    thresholds = pump.thresholds | {"detector": pump.thresholds[pump.detector]}
     pictures: list[str] = []
     sources: dict[int, str] = {}
 
     def draw(tok: TokenSeries, scores: dict[str, TokenScores]) -> None:
         sources[tok.token_id] = _group(tok.source)
         for e in pump_events(tok.events):
-            model = scores["model"].scores
-            if len(pictures) < max_pictures and np.isfinite(model[min(e.start, len(model) - 1)]):
+            used = scores["detector"].scores  # what `detect` would have said
+            if len(pictures) < max_pictures and np.isfinite(used[min(e.start, len(used) - 1)]):
                 path = out / "img" / f"event_token{tok.token_id}_step{e.start}.png"
-                plot_event(tok, model, thresholds["model"], e, path, pump.horizon)
+                plot_event(tok, used, thresholds["detector"], e, path, pump.horizon)
                 pictures.append(str(path.relative_to(out)))
 
     log.info("scoring %d test token(s) at horizons %s, every %d origin(s)", len(split.tokens("test")), horizons, every)
@@ -215,6 +215,9 @@ def evaluate_store(
         "pump_horizon": pump.horizon,
         "max_false_alarms_per_day": pump.max_false_alarms_per_day,
         "thresholds": thresholds,
+        "detector": pump.detector,
+        "validation_events": pump.val_events,
+        "cross_fit": pump.cross_fit,
         "alarm_output": pump.alarm_output,
         "validation": pump.val_metrics,
         "forecasts": summarize(per_token, horizons, bootstrap, seed),

@@ -16,6 +16,12 @@ from pumpcast.config import PumpConfig
 from pumpcast.detectors import BaselineSet, Ensemble
 from pumpcast.events import PUMP_TARGETS
 from pumpcast.schema import ModelFileError
+from pumpcast.stacking import Stacker
+
+#: The detectors `PumpDetector` (and so `detect`) can be: the network's calibrated pump head or the stacker.
+DETECTORS = ("model", "stacker")
+#: Fewer validation events than this and the thresholds rest on too little: said in a warning and the file.
+MIN_EVENTS = 5
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, float]:
@@ -64,8 +70,9 @@ class PumpCalibration:
     """Everything chosen on validation data for a model's pump head, stored in its model file: Platt (a, b)
     per pump output, which output raises alarms ("any" or "now"), the alarm threshold for the false-alarm
     budget, the tuned baselines, each with its threshold for the same budget, the ensemble of the model and its
-    best baseline with its threshold, and the validation metrics behind the choices. Parsed and checked once,
-    when the model file is read."""
+    best baseline with its threshold, the stacker (stacking.py) with its threshold, which of the model and the
+    stacker `PumpDetector` uses (`detector`, the better on validation), how many validation events the choices
+    rest on, and the validation metrics behind them. Parsed and checked once, when the model file is read."""
 
     horizon: int
     calibration: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0]] * len(PUMP_TARGETS))
@@ -76,6 +83,10 @@ class PumpCalibration:
     ensemble: Ensemble | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    stacker: Stacker | None = None
+    detector: str = "model"
+    val_events: int = 0  # the validation (or out-of-fold) events thresholds were chosen on
+    cross_fit: int = 0  # sub-models that scored the training tokens out of fold (0: validation tokens only)
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Raw pump logits (T, 3) -> the calibrated probability (T,) of the output that raises alarms."""
@@ -83,16 +94,19 @@ class PumpCalibration:
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """The alarm threshold of the model, of each baseline and of the ensemble."""
+        """The alarm threshold of the model, of each baseline, of the ensemble and of the stacker."""
         ensemble = {"ensemble": self.ensemble.threshold} if self.ensemble is not None else {}
-        return {"model": self.threshold, **self.baselines.thresholds, **ensemble}
+        stacker = {"stacker": self.stacker.threshold} if self.stacker is not None else {}
+        return {"model": self.threshold, **self.baselines.thresholds, **ensemble, **stacker}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the model file."""
-        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("baselines", "ensemble")}
+        typed = ("baselines", "ensemble", "stacker")
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in typed}
         return plain | {
             "baselines": self.baselines.to_dict(),
             "ensemble": asdict(self.ensemble) if self.ensemble is not None else {},
+            "stacker": self.stacker.to_dict() if self.stacker is not None else {},
         }
 
     @classmethod
@@ -108,11 +122,17 @@ class PumpCalibration:
                 ensemble=Ensemble.from_dict(d["ensemble"], where) if d.get("ensemble") else None,
                 val_metrics=dict(d.get("val_metrics", {})),
                 note=str(d.get("note", "")),
+                stacker=Stacker.from_dict(d["stacker"], where) if d.get("stacker") else None,
+                detector=str(d.get("detector", "model")),  # files before the stacker: the network
+                val_events=int(d.get("val_events", 0)),
+                cross_fit=int(d.get("cross_fit", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: damaged pump calibration ({type(exc).__name__}: {exc})") from exc
         if len(cal.calibration) != len(PUMP_TARGETS) or cal.alarm_output not in PUMP_TARGETS:
             raise ModelFileError(f"{where}: damaged pump calibration (outputs or alarm_output)")
+        if cal.detector not in DETECTORS or (cal.detector == "stacker" and cal.stacker is None):
+            raise ModelFileError(f"{where}: pump.detector is {cal.detector!r}, it must be one of {DETECTORS} it has")
         for name, value, ok, rule in (
             ("pump.horizon", cal.horizon, cal.horizon >= 1, "a number of steps >= 1"),
             ("pump.calibration", cal.calibration, np.isfinite(cal.calibration).all(), "finite Platt parameters"),

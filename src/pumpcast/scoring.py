@@ -241,7 +241,7 @@ def fold_token_scores(
     first = max(forecaster.seq_len, context, baselines.WARMUP)
     ridge = baselines.fit_ridge_ranges(store, split.ranges["train"], split.ranges["val"], horizons, baselines.WARMUP)
     detector = PumpDetector(bundle) if bundle.has_pump_head else None
-    thresholds = detector.calibration.thresholds if detector is not None else {}
+    thresholds = detector.calibration.thresholds | {"detector": detector.threshold} if detector is not None else {}
     model_set = detector.calibration.baselines if detector is not None else None
     tokens, sums, events = [], [], {}
     for t in split.tokens("test"):

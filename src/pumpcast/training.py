@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 from pumpcast.calibration import calibrate
 from pumpcast.channels import model_inputs
 from pumpcast.config import ModelConfig, TrainConfig, flat_values
+from pumpcast.detection import pump_logits
 from pumpcast.events import pump_labels
 from pumpcast.losses import get_loss, pump_loss
 from pumpcast.model import PumpcastTransformer
@@ -630,6 +631,55 @@ def package(trained: Trained, cfg: TrainConfig) -> ModelBundle:
     )
 
 
+def cross_fit_logits(
+    cfg: TrainConfig, split: Split, init_weights: dict[str, torch.Tensor] | None = None
+) -> dict[int, np.ndarray] | None:
+    """Out-of-fold pump logits of every training and validation token with events: those tokens go into
+    cfg.pump.cross_fit groups, and for each group a sub-model (the same recipe, its own normaliser) trains on
+    every other token (the group is its validation split, for early stopping only) and scores the group over
+    its ranges. No test token is in any sub-model's data. None (said) with fewer such tokens than groups."""
+    store = TokenDataManager(cfg.data.data_dir)
+    both: dict[int, tuple[int, int]] = {}
+    for name in ("train", "val"):
+        for t, (a, b) in split.ranges[name].items():
+            lo, hi = both.get(t, (a, b))
+            both[t] = (min(lo, a), max(hi, b))
+    entries = store.entries()
+    judged = sorted(t for t in both if entries[t].events > 0)
+    k = cfg.pump.cross_fit
+    if len(judged) < k:
+        log.warning("cross-fitting skipped: %d token(s) with events, fewer than %d groups", len(judged), k)
+        return None
+    order = np.random.default_rng(cfg.data.seed).permutation(judged)
+    groups = [sorted(int(t) for t in order[g::k]) for g in range(k)]
+    out: dict[int, np.ndarray] = {}
+    for g, group in enumerate(groups):
+        log.info("cross-fitting: sub-model %d/%d, scoring token(s) %s out of fold", g + 1, k, group)
+        ranges = {
+            "train": {t: r for t, r in both.items() if t not in group},
+            "val": {t: both[t] for t in group},
+            "test": {},
+        }
+        sub_split = replace(split, ranges=ranges)
+        runtime = replace(
+            cfg.runtime,
+            save_model=None,
+            write_store_files=False,
+            resume=False,
+            checkpoint_dir=str(Path(cfg.runtime.checkpoint_dir) / f"crossfit{g}"),
+        )
+        sub_cfg = replace(cfg, pump=replace(cfg.pump, cross_fit=0), runtime=runtime)
+        sub = train(sub_cfg, split=sub_split, init_weights=init_weights)
+        if sub is None:  # another rank of a ddp run
+            return None
+        bundle = package(sub, sub_cfg)
+        bundle.model.eval()
+        for t in group:
+            a, b = both[t]
+            out[t] = pump_logits(bundle, model_inputs(store.read(t), cfg.model.groups), a, b)
+    return out
+
+
 @dataclass
 class FitResult:
     bundle: ModelBundle
@@ -661,8 +711,15 @@ def fit(
     if trained is None:
         return None
     ranges = trained.split.ranges
+    out_of_fold = cross_fit_logits(cfg, trained.split, weights) if cfg.pump.cross_fit and cfg.pump.pump_weight else None
     bundle = calibrate(
-        package(trained, cfg), trained.store, ranges["val"], cfg.pump.max_false_alarms_per_day, ranges["train"]
+        package(trained, cfg),
+        trained.store,
+        ranges["val"],
+        cfg.pump.max_false_alarms_per_day,
+        ranges["train"],
+        out_of_fold,
+        cfg.pump.cross_fit,
     )
     path = save_model_file(bundle, cfg.runtime.save_model) if cfg.runtime.save_model else None
     if tracker is not None:
