@@ -2,9 +2,11 @@
 preparation and network, and one live bar (`PumpDetector.update`).
 
     python benchmarks/detect_speed.py [--model fold0.pth] [--threads 2] [--file NAS_2022-02-01_15.00.csv.gz]
+        [--inputs trades,zscores,calendar]
 
-Without --model the `--preset real` network (seq 500, quantile head, pump head) with random weights is timed:
-speed does not depend on the weights. Times are the best of --repeat runs with --threads torch threads set
+Without --model the `--preset real` network (seq 500, quantile head, pump head, the --inputs channels) with
+random weights is timed: speed does not depend on the weights. A model file's detector is timed as it is
+(its channels, and its stacker when it names one). Times are the best of --repeat runs with --threads torch threads set
 explicitly; on a shared box compare them within one run.
 """
 
@@ -43,13 +45,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--file", default=str(DATA / "NAS_2022-02-01_15.00.csv.gz"))
+    ap.add_argument("--inputs", default="trades,zscores,calendar", help="channels of the random-weight model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.model:
         bundle = load_bundle(args.model)
     else:
         torch.manual_seed(0)
-        config = ModelConfig(seq_len=500, loss="quantile", horizon=60, dropout=0.1, pump_head=True)
+        config = ModelConfig(
+            seq_len=500, loss="quantile", horizon=60, dropout=0.1, pump_head=True, inputs=args.inputs
+        )
         bundle = ModelBundle(
             PumpcastTransformer(config).eval(),
             Normalizer(np.zeros(6), np.ones(6)),
@@ -60,8 +65,9 @@ def main() -> None:
     [tok] = trades_to_bars(args.file)
     features, L = tok.features, detector.seq_len
     n = features.shape[0] - L + 1
-    whole = best(lambda: detector.score(features), args.repeat)
-    windows = to_base(features)[np.arange(L - 1, features.shape[0])[:, None] - L + 1 + np.arange(L)]
+    whole = best(lambda: detector.score(tok), args.repeat)  # channels included
+    wide = detector.inputs(tok)
+    windows = to_base(wide)[np.arange(L - 1, features.shape[0])[:, None] - L + 1 + np.arange(L)]
 
     def prepare() -> None:  # as window_logits does it: PREP_ROWS windows at a time
         for i in range(0, n, PREP_ROWS):
@@ -69,14 +75,16 @@ def main() -> None:
 
     prep = best(prepare, args.repeat)
     live = PumpDetector(bundle)
-    for bar in features[:L]:
-        live.update(bar)
+    bars = list(zip(features, tok.extras, tok.timestamps, strict=True))
+    for bar, extras, start in bars[:L]:
+        live.update(bar, extras, int(start))
     t0 = time.perf_counter()
-    for bar in features[L : L + 50]:
-        live.update(bar)
+    for bar, extras, start in bars[L : L + 50]:
+        live.update(bar, extras, int(start))
     per_bar = (time.perf_counter() - t0) / 50
-    one = best(lambda: window_logits(bundle, windows[:1]), args.repeat)
+    one = best(lambda: window_logits(bundle, windows[:1][:, :, detector._model_cols]), args.repeat)
     print(f"{Path(args.file).name}: {features.shape[0]:,} bars, {n:,} windows of {L}, {args.threads} thread(s)")
+    print(f"detector: {detector.detector}; channels: {bundle.config.inputs or 'none'}")
     print(f"score (whole file)      {whole:7.2f} s")
     print(f"  window preparation    {prep:7.2f} s (relative + normalize, all windows)")
     print(f"update (one live bar)   {per_bar * 1e3:7.1f} ms; network alone {one * 1e3:.1f} ms")

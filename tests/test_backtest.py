@@ -284,7 +284,8 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
     assert (out / "img" / "backtest_skill.png").stat().st_size > 0
     # pump events of the model and both baselines, thresholds from each fold's validation tokens
     events = report["events"]
-    assert set(events) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+    names = {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+    assert set(events) - {"stacker"} == names
     assert events["model"]["events"] == events["buys_z"]["events"] > 0
     for m in events.values():
         assert 0 <= m["detected"] <= m["events"] and m["recall"][0] == pytest.approx(m["detected"] / m["events"])

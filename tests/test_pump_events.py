@@ -172,9 +172,10 @@ def test_evaluate_writes_the_report(trained, tmp_path):
     assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
     overall = report["events"]["overall"]
     assert (
-        set(overall) == {"model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+        set(overall) - {"stacker"} == {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
         and overall["model"]["events"] > 0
     )
+    assert report["detector"] == pump.detector and overall["detector"] == overall[pump.detector]  # one detector
     assert overall["model"]["recall"] == report["events"]["intervals"]["model"]["recall"][0]
     rows = report["forecasts"]["all"]["5"]
     assert {"model", "persistence", "drift", "ridge", "empirical"} <= set(rows)

@@ -114,3 +114,15 @@ def test_event_spans_after_a_start_are_times_not_bars():
     now = pump_labels(400, real, horizon=5, interval_ms=15_000)[:, 1]
     assert np.flatnonzero(now).tolist() == list(range(100, 120))
     assert pump_labels(400, real, horizon=5)[:, 1].sum() == 5  # 1-minute bars: as before
+
+
+def test_a_threshold_spends_the_false_alarm_budget_it_is_given():
+    """Ten days of 1-minute bars of noise with two pumps: the chosen threshold raises between 0.7 and 1 false
+    alarm a day (a quantile grid used to jump over the thresholds that spend the budget)."""
+    rng = np.random.default_rng(3)
+    events = [Event("pump_and_dump", 3000, 3005, 3010, 1.0), Event("pump_and_dump", 9000, 9005, 9010, 1.0)]
+    items = [TokenScores(t, rng.normal(size=14_400), events, 1440.0) for t in range(3)]
+    for budget in (0.5, 1.0, 3.0):
+        th = choose_threshold(items, 10, budget)
+        spent = false_alarms_per_day(items, 10, np.array([th]))[0]
+        assert 0.7 * budget <= spent <= budget

@@ -127,22 +127,8 @@ def calibrate_pump_head(
     read = {r.token.token_id: r.token for r in scored}
     judged = {t.token_id for t in judged_kind(list(read.values()))}
     scored = [r for r in scored if r.token.token_id in judged]
-    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
     labels = [pump_labels(len(r.token.features), r.token.events, K, r.token.interval_ms) for r in scored]
-    all_logits = np.concatenate([r.logits[k] for r, k in zip(scored, keep, strict=True)])
-    all_labels = np.concatenate([y[k] for y, k in zip(labels, keep, strict=True)])
-    platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
-    choices = []
-    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
-        k = PUMP_TARGETS.index(output)
-        its = [
-            TokenScores(r.token.token_id, calibrated(r.logits, platt)[:, k], r.token.events, r.steps_per_day)
-            for r in scored
-        ]
-        th = choose_threshold(its, K, max_false_alarms_per_day)
-        m = event_metrics(its, th, K)
-        choices.append((-np.nan_to_num(m.recall), m.false_alarms_per_day, output, th, m))
-    _, _, alarm_output, threshold, val_metrics = min(choices, key=lambda c: c[:2])
+    platt, alarm_output, threshold, val_metrics = _calibrate_network(scored, labels, K, max_false_alarms_per_day)
     stacker, stacker_metrics = _fit_stacker(scored, labels, K, max_false_alarms_per_day, bundle.data.seed)
     detector = "model"
     if stacker is not None and _rank(stacker_metrics) > _rank(val_metrics):
@@ -163,21 +149,8 @@ def calibrate_pump_head(
     baselines = fit_baselines(tokens, train_ranges, val_ranges, K, max_false_alarms_per_day)
     probability = PumpCalibration(K, platt, alarm_output=alarm_output).probability
     ensemble = fit_ensemble(scored, probability, baselines, K, max_false_alarms_per_day)
-    for name, m, th in (("model", val_metrics, threshold), ("stacker", stacker_metrics, None)):
-        if m is None:
-            continue
-        log.info(
-            "%s: alarms at probability >= %.4g (%d event(s): recall %.2f, %.2f false alarms/day of a budget of %g, "
-            "AUPRC %.3f)%s",
-            name,
-            th if th is not None else stacker.threshold,  # type: ignore[union-attr]
-            m.events,
-            np.nan_to_num(m.recall),
-            m.false_alarms_per_day,
-            max_false_alarms_per_day,
-            np.nan_to_num(m.auprc),
-            " <- detect uses it" if name == detector else "",
-        )
+    candidates = {"model": (threshold, val_metrics)} | _stacked(stacker, stacker_metrics)
+    _log_choice(candidates, detector, max_false_alarms_per_day)
     return PumpCalibration(
         horizon=K,
         calibration=platt,
@@ -194,6 +167,50 @@ def calibrate_pump_head(
         val_events=events,
         cross_fit=cross_fit if out_of_fold else 0,
     )
+
+
+def _calibrate_network(
+    scored: list[RangeScores], labels: list[np.ndarray], horizon: int, budget: float
+) -> tuple[list[list[float]], str, float, EventMetrics]:
+    """Platt scaling of the network's logits, the output that raises alarms (by recall within the budget, then
+    fewer false alarms) and its threshold, with the metrics behind the choice."""
+    keep = [np.isfinite(r.logits[:, 0]) for r in scored]
+    all_logits = np.concatenate([r.logits[k] for r, k in zip(scored, keep, strict=True)])
+    all_labels = np.concatenate([y[k] for y, k in zip(labels, keep, strict=True)])
+    platt = [list(fit_platt(all_logits[:, k], all_labels[:, k])) for k in range(len(PUMP_TARGETS))]
+    choices = []
+    for output in ("any", "now"):  # "soon" alone is too weak a signal to alarm on
+        k = PUMP_TARGETS.index(output)
+        its = [
+            TokenScores(r.token.token_id, calibrated(r.logits, platt)[:, k], r.token.events, r.steps_per_day)
+            for r in scored
+        ]
+        th = choose_threshold(its, horizon, budget)
+        m = event_metrics(its, th, horizon)
+        choices.append((-np.nan_to_num(m.recall), m.false_alarms_per_day, output, th, m))
+    _, _, alarm_output, threshold, metrics = min(choices, key=lambda c: c[:2])
+    return platt, alarm_output, threshold, metrics
+
+
+def _stacked(stacker: Stacker | None, metrics: EventMetrics | None) -> dict[str, tuple[float, EventMetrics]]:
+    return {"stacker": (stacker.threshold, metrics)} if stacker is not None and metrics is not None else {}
+
+
+def _log_choice(candidates: dict[str, tuple[float, EventMetrics]], detector: str, budget: float) -> None:
+    """One line per candidate detector: its threshold and validation metrics, and which one `detect` uses."""
+    for name, (threshold, m) in candidates.items():
+        log.info(
+            "%s: alarms at probability >= %.4g (%d event(s): recall %.2f, %.2f false alarms/day of a budget of %g, "
+            "AUPRC %.3f)%s",
+            name,
+            threshold,
+            m.events,
+            np.nan_to_num(m.recall),
+            m.false_alarms_per_day,
+            budget,
+            np.nan_to_num(m.auprc),
+            " <- detect uses it" if name == detector else "",
+        )
 
 
 def _rank(m: EventMetrics) -> tuple[float, float]:

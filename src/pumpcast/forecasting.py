@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pumpcast.channels import advance_calendar, channel_names, check_width, covariates, read_inputs
+from pumpcast.channels import advance_calendar, channel_names, check_width, columns, covariates, read_inputs
 from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
 from pumpcast.losses import get_loss, mean_weights
@@ -180,15 +180,17 @@ class Forecaster:
         probability at the last bar.
         """
         names = list(names) if names is not None else [f"history {i}" for i in range(len(histories))]
+        detector = PumpDetector(self.bundle) if self.bundle.has_pump_head else None
+        groups = detector.groups if detector is not None else self.bundle.config.groups  # the detector's are more
         arrays, times = [], []
         for h, name in zip(histories, names, strict=True):
-            arr, t = history_inputs(h, self.bundle.config.groups, name=name)
+            arr, t = history_inputs(h, groups, name=name)
             require_fit(self.bundle, name, interval_ms=history_interval(t), steps=arr.shape[0])
             arrays.append(arr[-self.seq_len :])
             times.append(t)
-        bands, mean = self.forecast(np.stack(arrays), steps)  # (B, steps, 6, K), (B, steps)
+        model_cols = columns(groups, self.bundle.config.groups)
+        bands, mean = self.forecast(np.stack(arrays)[..., model_cols], steps)  # (B, steps, 6, K), (B, steps)
         levels = self.quantile_levels
-        detector = PumpDetector(self.bundle) if self.bundle.has_pump_head else None
         frames = []
         for i, t in enumerate(times):
             frame = pd.DataFrame(bands[i, ..., levels.index(0.5)], columns=list(FEATURES))

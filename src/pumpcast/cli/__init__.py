@@ -266,6 +266,12 @@ def _use_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--threshold", type=probability, help="alarm threshold (default: the one chosen on validation)")
     p.add_argument("--output", help="with --input: also write every step's probability and alarms to this CSV")
+    p.add_argument(
+        "--threads",
+        type=bounded_int(1),
+        metavar="N",
+        help="torch CPU threads (default: the available cores; on a shared box 1 is often fastest)",
+    )
 
     p = command("export-model", "write a model's network in another format (ONNX) for serving", commands.export_model)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file (.pth)")

@@ -277,7 +277,9 @@ def detect(args: argparse.Namespace) -> None:
     from pumpcast.forecasting import history_inputs, history_interval
     from pumpcast.ingest import read_table
     from pumpcast.modelfile import require_fit
+    from pumpcast.threads import set_threads
 
+    set_threads(args.threads)
     if args.follow:
         if args.output:
             raise ConfigError("--output goes with --input; with --follow, redirect the printed alarms", "output")
