@@ -11,7 +11,7 @@ import pytest
 
 from pumpcast.cli import main
 from pumpcast.ingest import candles_to_bars, ingest_files, trades_to_bars
-from pumpcast.schema import FEATURES
+from pumpcast.schema import EXTRA_FEATURES, FEATURES
 from pumpcast.store import TokenDataManager
 
 FREQTRADE = Path(__file__).resolve().parents[2] / "shared" / "data" / "freqtrade"
@@ -154,7 +154,8 @@ def test_a_dataframe_ingests_like_a_file(ft):
     [b] = trades_to_bars(ft / "XRP_ETH-trades.feather")
     np.testing.assert_allclose(a.features, b.features, equal_nan=True)
     frame_back = b.to_pandas()
-    assert list(frame_back.columns) == ["time", *FEATURES] and len(frame_back) == len(b.timestamps)
+    # trades with taker sides also give the extras, after the six features (what the channels read)
+    assert list(frame_back.columns) == ["time", *FEATURES, *EXTRA_FEATURES] and len(frame_back) == len(b.timestamps)
 
 
 def test_store_units_mixed_intervals_and_folders(ft, tmp_path, capsys):
