@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pumpcast.channels import advance_calendar, channel_names, check_width, columns, covariates, read_inputs
+from pumpcast.channels import advance_calendar, check_width, columns, covariates, read_inputs
 from pumpcast.config import MAX_FORECAST_STEPS
 from pumpcast.detection import PumpDetector
 from pumpcast.losses import get_loss, mean_weights
@@ -154,14 +154,13 @@ class Forecaster:
         and, of the channels, only the clock (advanced from the window's last step); the others are unknown in
         the future and stay absent, so a rollout never reads a future covariate."""
         base = to_base(predicted)
-        names = channel_names(self.bundle.config.groups)
-        if not names:
+        groups = self.bundle.config.groups
+        if not groups:
             return base
-        future = np.full((*base.shape[:2], len(names)), np.nan)
-        if "minute_sin" in names:
-            at = len(FEATURES) + names.index("minute_sin")
-            j = names.index("minute_sin")
-            future[..., j : j + 4] = advance_calendar(window[:, -1, at : at + 4], base.shape[1], self.interval_ms)
+        future = np.full((*base.shape[:2], window.shape[2] - len(FEATURES)), np.nan)
+        if "calendar" in groups:
+            clock = columns(groups, ("calendar",), features=False)
+            future[..., clock - len(FEATURES)] = advance_calendar(window[:, -1, clock], base.shape[1], self.interval_ms)
         return np.concatenate([base, future], axis=-1)
 
     @property
@@ -292,19 +291,17 @@ def history_inputs(
     values, times = history_array(history, name)
     if not groups:
         return values, times
-    extras = None
-    if isinstance(history, pd.DataFrame) and any(c in history.columns for c in EXTRA_FEATURES):
-        extras = np.stack(
-            [
-                pd.to_numeric(history[c], errors="coerce").to_numpy(dtype=np.float64)
-                if c in history.columns
-                else np.full(len(history), np.nan)
-                for c in EXTRA_FEATURES
-            ],
-            axis=1,
-        )
+    extras = frame_extras(history) if isinstance(history, pd.DataFrame) else None
     stamps = None if times is None else times.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
     return np.concatenate([values, covariates(values, extras, stamps, groups)], axis=1), times
+
+
+def frame_extras(frame: pd.DataFrame) -> np.ndarray | None:
+    """A bar frame's extras (T, len(EXTRA_FEATURES)), NaN where a column is missing or empty; None when it has
+    none of them (as `pumpcast export` writes bars of a source without taker sides)."""
+    if not any(c in frame.columns for c in EXTRA_FEATURES):
+        return None
+    return frame.reindex(columns=list(EXTRA_FEATURES)).apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
 
 
 def history_interval(times: pd.Series | None) -> int | None:

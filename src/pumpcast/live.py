@@ -35,9 +35,9 @@ import pandas as pd
 
 from pumpcast.channels import CONTEXT
 from pumpcast.detection import Detection, PumpDetector
-from pumpcast.forecasting import history_array
+from pumpcast.forecasting import frame_extras, history_array
 from pumpcast.ingest import trade_times, trades_to_bars
-from pumpcast.schema import EXTRA_FEATURES, FEATURES, LIQUIDITY, MARKET_CAP, PRICE, ConfigError, DataError
+from pumpcast.schema import FEATURES, LIQUIDITY, MARKET_CAP, PRICE, ConfigError, DataError
 from pumpcast.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -301,9 +301,8 @@ class BarBuilder:
         except (ValueError, TypeError) as exc:
             raise DataError(f"{self.name}: column 'time' is not ISO-8601 time ({exc})") from exc
         out: list[ClosedBar] = []
-        extras = [None] * len(frame)
-        if any(c in frame.columns for c in EXTRA_FEATURES):
-            extras = list(frame.reindex(columns=list(EXTRA_FEATURES)).apply(pd.to_numeric, errors="coerce").to_numpy())
+        known = frame_extras(frame)
+        extras = list(known) if known is not None else [None] * len(frame)
         for start, feats, extra in zip(starts.astype("int64").to_numpy(), values, extras, strict=True):
             if self.last is not None and start <= self.last.start_ms:
                 raise DataError(
