@@ -284,7 +284,7 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
     assert (out / "img" / "backtest_skill.png").stat().st_size > 0
     # pump events of the model and both baselines, thresholds from each fold's validation tokens
     events = report["events"]
-    names = {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+    names = {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "forest", "forest_clock", "ensemble"}
     assert set(events) - {"stacker"} == names
     assert events["model"]["events"] == events["buys_z"]["events"] > 0
     for m in events.values():
@@ -366,10 +366,21 @@ def test_fit_trains_a_calibrated_quantile_model(tmp_path):
 
 def test_baselines_and_pump_baselines_are_causal(binance_dir):
     """Appending future bars never changes a past score or feature: every pump baseline (each z-score at every
-    window and floor tried, the La Morgia features, the logistic regression) and every forecast baseline."""
+    window and floor tried, the La Morgia features, the logistic regression, the forests) and every forecast
+    baseline."""
     from dataclasses import replace
 
-    from pumpcast.detectors import SIGNALS, WINDOWS, LogisticDetector, ZScoreDetector, morgia_features
+    from sklearn.ensemble import RandomForestClassifier
+
+    from pumpcast.detectors import (
+        SIGNALS,
+        WINDOWS,
+        ForestDetector,
+        LogisticDetector,
+        ZScoreDetector,
+        forest_features,
+        morgia_features,
+    )
     from pumpcast.ingest import trades_to_bars
 
     [tok] = trades_to_bars(binance_dir / "NAS_2022-02-01_15.00.csv.gz")
@@ -389,6 +400,13 @@ def test_baselines_and_pump_baselines_are_causal(binance_dir):
     k = morgia_features(past).shape[1]
     logistic = LogisticDetector((0.0,) * k, (1.0,) * k, tuple(np.linspace(-1, 1, k)), 0.5, 1.0)
     np.testing.assert_array_equal(logistic.score(past), logistic.score(later)[:n])
+    labels = np.zeros(len(tok.timestamps), dtype=int)
+    labels[2850:2950] = 1
+    for clock in (False, True):
+        x = forest_features(tok, clock)
+        forest = RandomForestClassifier(5, max_depth=4, random_state=0).fit(x.astype(np.float32), labels)
+        det = ForestDetector.of(forest, 4, clock)
+        np.testing.assert_array_equal(det.score(past), det.score(later)[:n])
 
     feats = _history(600, seed=5)
     more = np.concatenate([feats, _history(200, seed=6) * 50.0])

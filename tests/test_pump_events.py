@@ -60,7 +60,7 @@ def test_model_file_carries_validation_calibration_and_thresholds(trained):
     baselines = pump.baselines
     assert len(pump.calibration) == 3
     # synthetic tokens: no buy quote volume, so no buy_volume_z; the logistic regression fitted on training tokens
-    assert set(baselines.thresholds) == {"volume_z", "buys_z", "buy_share_z", "logistic"}
+    assert set(baselines.thresholds) == {"volume_z", "buys_z", "buy_share_z", "logistic", "forest", "forest_clock"}
     assert all(np.isfinite(th) for th in baselines.thresholds.values())
     assert pump.ensemble.baseline in baselines.detectors and np.isfinite(pump.ensemble.threshold)
     assert pump.val_metrics["events"] > 0  # the validation tokens hold pumps
@@ -172,7 +172,8 @@ def test_evaluate_writes_the_report(trained, tmp_path):
     assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
     overall = report["events"]["overall"]
     assert (
-        set(overall) - {"stacker"} == {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+        set(overall) - {"stacker", "forest", "forest_clock"}
+        == {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
         and overall["model"]["events"] > 0
     )
     assert report["detector"] == pump.detector and overall["detector"] == overall[pump.detector]  # one detector
@@ -280,7 +281,7 @@ def test_thresholds_are_chosen_on_real_tokens_when_the_store_has_them(binance_di
     val = {t: full[t] for t in synthetic[2:] + real[2:]}
     mixed = fit_baselines(tokens, train, val, 10, 1.0)
     real_only = fit_baselines(tokens[3:], {t: full[t] for t in real[:2]}, {t: full[t] for t in real[2:]}, 10, 1.0)
-    assert set(mixed.detectors) >= {"volume_z", "buys_z", "buy_volume_z", "logistic"}
+    assert set(mixed.detectors) >= {"volume_z", "buys_z", "buy_volume_z", "logistic", "forest", "forest_clock"}
     assert mixed.to_dict() == real_only.to_dict()
     synthetic_only = fit_baselines(
         tokens[:3], {t: full[t] for t in synthetic[:2]}, {synthetic[2]: full[synthetic[2]]}, 10, 1.0

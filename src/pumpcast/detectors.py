@@ -12,6 +12,10 @@ appending bars never changes an earlier score, and each is tuned on data of the 
   buy and total quote volume, buy share and returns, each now and against moving windows; fitted on training
   tokens, its regularisation chosen on validation tokens by AUPRC. Time of day is left out on purpose: it would
   learn the schedule of the groups in the data, not the market.
+- La Morgia et al.'s random forest (scikit-learn) on the same features (`forest`), their published detector, and
+  the same forest with the minute of the hour and the hour of the day (`forest_clock`), the strongest anchor on
+  unseen events: fitted on training tokens, depth chosen on validation tokens by AUPRC, kept as the trees'
+  arrays.
 
 A `BaselineSet` holds the tuned detectors and their alarm thresholds as plain numbers, so a model file can keep
 it (and load it without unpickling anything).
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from pumpcast.channels import calendar
 from pumpcast.events import ANY, TokenScores, judged_kind, pump_labels
 from pumpcast.metrics import average_precision, choose_threshold, event_metrics
 from pumpcast.schema import BUYS, PRICE, SELLS, VOLUME, ModelFileError, TokenSeries
@@ -91,8 +96,12 @@ class ZScoreDetector:
         return rolling_zscore(SIGNALS[self.signal][0](tok), self.window, self.floor)
 
 
+#: Columns of morgia_features.
+MORGIA_WIDTH = 24
+
+
 def morgia_features(tok: TokenSeries) -> np.ndarray:
-    """(T, 22) La Morgia-style features of each bar from its past: for rush orders, taker buy orders, quote
+    """(T, MORGIA_WIDTH) La Morgia-style features of each bar from its past: for rush orders, taker buy orders, quote
     volume, buy quote volume and absolute return, the value now, its z-scores against the previous hour and day,
     and its last 5 bars' mean over the previous hour's; the buy share now and over 5 bars; the return now and
     over 5 bars. Order counts fall back to trade counts and buy volume to nothing (NaN) when the source lacks
@@ -138,6 +147,75 @@ class LogisticDetector:
     def score(self, tok: TokenSeries) -> np.ndarray:
         z = np.nan_to_num((morgia_features(tok) - np.asarray(self.mean)) / np.asarray(self.scale))
         return z @ np.asarray(self.coef) + self.intercept
+
+
+#: The forests: trees, the depths tried (validation AUPRC picks one), the smallest leaf, and the value an absent
+#: feature takes (below every real one, so a tree can split it off: absent is not zero).
+FOREST_TREES = 100
+FOREST_DEPTHS = (6, 10)
+FOREST_MIN_LEAF = 20
+FOREST_SAMPLES = 20_000  # bars each tree draws (bootstrap): bounds the fit at any bar length
+ABSENT = -1e6
+
+
+def forest_features(tok: TokenSeries, clock: bool) -> np.ndarray:
+    """morgia_features, with the calendar columns (channels.calendar) when `clock`, absent values at ABSENT."""
+    x = morgia_features(tok)
+    if clock:
+        x = np.concatenate([x, calendar(tok.timestamps)], axis=1)
+    return np.where(np.isfinite(x), x, ABSENT)
+
+
+@dataclass(frozen=True)
+class ForestDetector:
+    """A random forest kept as numbers: per tree, each node's split feature (-1 at a leaf), cut (go left when
+    the feature is <= it), children, and the pump share of its training bars (classes balanced). The score is
+    the mean pump share over the trees, as scikit-learn's predict_proba."""
+
+    feature: tuple[tuple[int, ...], ...]
+    cut: tuple[tuple[float, ...], ...]
+    left: tuple[tuple[int, ...], ...]
+    right: tuple[tuple[int, ...], ...]
+    share: tuple[tuple[float, ...], ...]
+    depth: int
+    clock: bool = False
+    threshold: float = float("inf")
+
+    @classmethod
+    def of(cls, forest: Any, depth: int, clock: bool) -> ForestDetector:
+        """From a fitted RandomForestClassifier (classes 0 and 1)."""
+        trees = [est.tree_ for est in forest.estimators_]
+        value = [t.value[:, 0, :] / t.value[:, 0, :].sum(axis=1, keepdims=True) for t in trees]
+        return cls(
+            tuple(tuple(np.where(t.children_left >= 0, t.feature, -1).tolist()) for t in trees),
+            tuple(tuple(map(float, t.threshold)) for t in trees),
+            tuple(tuple(map(int, t.children_left)) for t in trees),
+            tuple(tuple(map(int, t.children_right)) for t in trees),
+            tuple(tuple(map(float, v[:, 1])) for v in value),
+            depth,
+            clock,
+        )
+
+    def score(self, tok: TokenSeries) -> np.ndarray:
+        return self.score_rows(forest_features(tok, self.clock))
+
+    def score_rows(self, x: np.ndarray) -> np.ndarray:
+        """Scores of rows of forest_features."""
+        x = x.astype(np.float32)  # scikit-learn compares float32 values with its cuts
+        rows = np.arange(len(x))
+        total = np.zeros(len(x))
+        trees = zip(self.feature, self.cut, self.left, self.right, self.share, strict=True)
+        for feature, cut, left, right, share in trees:
+            f, c, lt, rt = (np.asarray(a) for a in (feature, cut, left, right))
+            node = np.zeros(len(x), dtype=np.int64)
+            for _ in range(self.depth):
+                split = f[node] >= 0
+                if not split.any():
+                    break
+                go_left = x[rows, np.maximum(f[node], 0)] <= c[node]
+                node = np.where(split, np.where(go_left, lt[node], rt[node]), node)
+            total += np.asarray(share)[node]
+        return total / len(self.feature)
 
 
 #: Exceedance probabilities at which a score's validation distribution is kept for the ensemble (1 to 1e-5).
@@ -239,9 +317,12 @@ class BaselineSet:
                         float(spec["C"]),
                         threshold,
                     )
+                elif kind == "ForestDetector":
+                    det = _forest(spec, threshold)
                 else:
                     raise ValueError(f"unknown detector kind {kind!r}")
-                if np.isnan(threshold) or not all(np.isfinite(v).all() for v in asdict(det).values() if _numeric(v)):
+                plain = [v for v in asdict(det).values() if _numeric(v) and not isinstance(det, ForestDetector)]
+                if np.isnan(threshold) or not all(np.isfinite(v).all() for v in plain):
                     raise ValueError(f"{name}: threshold {threshold!r} or a parameter is not a number")
                 if isinstance(det, ZScoreDetector) and not (det.window >= 1 and det.floor > 0):
                     raise ValueError(f"{name}: window {det.window} or floor {det.floor} is not positive")
@@ -249,6 +330,33 @@ class BaselineSet:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: damaged baseline detectors ({type(exc).__name__}: {exc})") from exc
         return out
+
+
+def _forest(spec: Mapping[str, Any], threshold: float) -> ForestDetector:
+    """A ForestDetector from its stored arrays, checked so that scoring cannot index outside a tree."""
+    det = ForestDetector(
+        *(tuple(tuple(map(kind, tree)) for tree in spec[name]) for name, kind in _FOREST_ARRAYS),
+        int(spec["depth"]),
+        bool(spec["clock"]),
+        threshold,
+    )
+    width = MORGIA_WIDTH + (calendar(np.zeros(1)).shape[1] if det.clock else 0)
+    if not det.feature or det.depth < 1:
+        raise ValueError("a forest needs trees and a depth >= 1")
+    for i, (f, c, lt, rt, sh) in enumerate(zip(det.feature, det.cut, det.left, det.right, det.share, strict=True)):
+        n = len(f)
+        if not n or any(len(a) != n for a in (c, lt, rt, sh)):
+            raise ValueError(f"tree {i}: arrays of different lengths")
+        f, c, lt, rt, sh = (np.asarray(a) for a in (f, c, lt, rt, sh))
+        split = f >= 0
+        if (f >= width).any() or ((lt < 0) != ~split).any() or ((rt < 0) != ~split).any():
+            raise ValueError(f"tree {i}: a feature or child does not fit the tree")
+        if (np.maximum(lt, rt) >= n).any() or not np.isfinite(c).all() or not ((sh >= 0) & (sh <= 1)).all():
+            raise ValueError(f"tree {i}: a child, cut or share out of range")
+    return det
+
+
+_FOREST_ARRAYS = (("feature", int), ("cut", float), ("left", int), ("right", int), ("share", float))
 
 
 def _items(tokens: Sequence[TokenSeries], ranges: Mapping[int, tuple[int, int]], score) -> list[TokenScores]:
@@ -281,6 +389,20 @@ def tune_zscore(
     return best[1]
 
 
+def _rows(
+    tokens: Sequence[TokenSeries], ranges: Mapping[int, tuple[int, int]], horizon: int, features
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Features and labels ("a pump starts within `horizon` bars or is under way") of the given ranges' bars;
+    None when there are none."""
+    xs, ys = [], []
+    for t in tokens:
+        if t.token_id in ranges:
+            a, b = ranges[t.token_id]
+            xs.append(features(t)[a:b])
+            ys.append(pump_labels(len(t.timestamps), t.events, horizon, t.interval_ms)[a:b, ANY])
+    return (np.concatenate(xs), np.concatenate(ys)) if xs else None
+
+
 def fit_logistic(
     tokens: Sequence[TokenSeries],
     train: Mapping[int, tuple[int, int]],
@@ -292,34 +414,56 @@ def fit_logistic(
     training ranges (classes balanced), C by validation AUPRC; None without positives in training."""
     from sklearn.linear_model import LogisticRegression
 
-    feats = {t.token_id: morgia_features(t) for t in tokens}
-    labels = {t.token_id: pump_labels(len(t.timestamps), t.events, horizon, t.interval_ms)[:, ANY] for t in tokens}
-    xs = [feats[t][a:b] for t, (a, b) in train.items() if t in feats]
-    ys = [labels[t][a:b] for t, (a, b) in train.items() if t in feats]
-    if not xs or np.concatenate(ys).sum() == 0:
+    fit_rows, val_rows = _rows(tokens, train, horizon, morgia_features), _rows(tokens, val, horizon, morgia_features)
+    if fit_rows is None or fit_rows[1].sum() == 0:
         return None
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    x, y = fit_rows
     known = np.isfinite(x)
     count = np.maximum(known.sum(axis=0), 1)  # a feature the tokens lack (rush orders of candles) stays at 0
     mean = np.where(known, x, 0.0).sum(axis=0) / count
     scale = np.sqrt(np.where(known, (x - mean) ** 2, 0.0).sum(axis=0) / count)
     scale = np.where(scale > 0, scale, 1.0)
     z = np.nan_to_num((x - mean) / scale)
-    vx = [np.nan_to_num((feats[t][a:b] - mean) / scale) for t, (a, b) in val.items() if t in feats]
-    vy = [labels[t][a:b] for t, (a, b) in val.items() if t in feats]
-    best = None
+    candidates = []
     for C in C_GRID:
         fit = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed).fit(z, y)
-        det = LogisticDetector(tuple(mean), tuple(scale), tuple(fit.coef_[0]), float(fit.intercept_[0]), C)
-        ap = (
-            average_precision(np.concatenate(vy), np.concatenate(vx) @ np.asarray(det.coef) + det.intercept)
-            if vx
-            else float("nan")
-        )
-        if best is None or np.nan_to_num(ap, nan=-1.0) > best[0]:
-            best = (np.nan_to_num(ap, nan=-1.0), det)
-    assert best is not None
-    return best[1]
+        candidates.append(LogisticDetector(tuple(mean), tuple(scale), tuple(fit.coef_[0]), float(fit.intercept_[0]), C))
+    return _best_on(candidates, val_rows, lambda det, x: np.nan_to_num((x - mean) / scale) @ det.coef + det.intercept)
+
+
+def _best_on(candidates: list, val_rows: tuple[np.ndarray, np.ndarray] | None, score) -> Any:
+    """The candidate with the highest validation AUPRC (the first when there is no validation or it ties)."""
+    if val_rows is None:
+        return candidates[0]
+    aps = [np.nan_to_num(average_precision(val_rows[1], score(c, val_rows[0])), nan=-1.0) for c in candidates]
+    return candidates[int(np.argmax(aps))]
+
+
+def fit_forest(
+    tokens: Sequence[TokenSeries],
+    train: Mapping[int, tuple[int, int]],
+    val: Mapping[int, tuple[int, int]],
+    horizon: int,
+    clock: bool = False,
+    seed: int = 0,
+) -> ForestDetector | None:
+    """La Morgia et al.'s random forest (FOREST_TREES trees of FOREST_SAMPLES bootstrap bars, classes balanced
+    per tree, a leaf at least FOREST_MIN_LEAF bars) on forest_features over the training ranges, depth by
+    validation AUPRC; None without positives in training."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    features = lambda t: forest_features(t, clock)  # noqa: E731
+    fit_rows, val_rows = _rows(tokens, train, horizon, features), _rows(tokens, val, horizon, features)
+    if fit_rows is None or fit_rows[1].sum() == 0:
+        return None
+    candidates = []
+    for depth in FOREST_DEPTHS:
+        forest = RandomForestClassifier(
+            FOREST_TREES, max_depth=depth, min_samples_leaf=FOREST_MIN_LEAF, class_weight="balanced_subsample",
+            max_samples=min(FOREST_SAMPLES, len(fit_rows[1])), random_state=seed, n_jobs=1,
+        ).fit(fit_rows[0].astype(np.float32), fit_rows[1])
+        candidates.append(ForestDetector.of(forest, depth, clock))
+    return _best_on(candidates, val_rows, lambda det, x: det.score_rows(x))
 
 
 def fit_baselines(
@@ -330,8 +474,9 @@ def fit_baselines(
     budget: float,
 ) -> BaselineSet:
     """Tune every baseline for one split: the z-scores on training and validation ranges together, the logistic
-    regression fitted on training ranges, its threshold chosen on validation ranges. Tokens whose events are
-    unknown are left out, and synthetic ones when real tokens with events are there (pumps.judged_kind)."""
+    regression and the forests fitted on training ranges, their thresholds chosen on validation ranges. Tokens
+    whose events are unknown are left out, and synthetic ones when real tokens with events are there
+    (pumps.judged_kind)."""
     tokens = judged_kind([t for t in tokens if t.events_known])
     both = {**train, **val}
     out = BaselineSet()
@@ -339,8 +484,13 @@ def fit_baselines(
         tuned = tune_zscore(signal, tokens, both, horizon, budget)
         if tuned is not None:
             out.detectors[signal] = tuned
-    logistic = fit_logistic(tokens, train, val, horizon)
-    if logistic is not None:
-        th = choose_threshold(_items(tokens, val, logistic.score), horizon, budget)
-        out.detectors["logistic"] = replace(logistic, threshold=th)
+    fitted = {
+        "logistic": fit_logistic(tokens, train, val, horizon),
+        "forest": fit_forest(tokens, train, val, horizon),
+        "forest_clock": fit_forest(tokens, train, val, horizon, clock=True),
+    }
+    for name, det in fitted.items():
+        if det is not None:
+            th = choose_threshold(_items(tokens, val, det.score), horizon, budget)
+            out.detectors[name] = replace(det, threshold=th)
     return out
