@@ -2,12 +2,15 @@
 lever (5 token folds, one torch thread), the detector `detect` uses and the best baseline side by side.
 
     python benchmarks/pump_levers.py --data-dir real-data --out lever-reports [--levers none,trades,...]
-        [--reuse] [--readme README.md]
+        [--data-15s real-15s] [--pretrained pretrained.pth] [--reuse] [--readme README.md]
 
 Each lever's run writes OUT/<lever>/ (backtest.md/json) and OUT/<lever>/lever.json (the command, the commit it
 ran at, threads, the machine's load average before it, wall seconds). --reuse keeps a lever whose report and
 lever.json exist. The table goes to OUT/levers.md and, with --readme, between the README's
-`<!-- pump-levers -->` markers.
+`<!-- pump-levers -->` markers. The 15s lever runs on a store of the same trades ingested at 15-second bars
+(`pumpcast ingest trades ... --interval 15s`), with its per-bar settings scaled to keep their times (pump
+horizon 40 bars = 10 minutes, every 8th origin, windows every 12th bar); the pretrained lever fine-tunes a model
+pretrained on synthetic tokens (`--init-from`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme_block import write_block
+
 ALL = "trades,zscores,calendar"
 #: lever -> the flags it adds to the recorded backtest command.
 LEVERS: dict[str, list[str]] = {
@@ -29,6 +34,8 @@ LEVERS: dict[str, list[str]] = {
     "calendar": ["--inputs", "calendar"],
     "all": ["--inputs", ALL],
     "all+cross-fit": ["--inputs", ALL, "--cross-fit", "3"],
+    "pretrained": ["--inputs", ALL],
+    "15s": ["--inputs", ALL, "--cross-fit", "3", "--every", "8", "--window-stride", "12", "--pump-horizon", "40"],
 }
 LABELS = {
     "none": "six features (the previous release)",
@@ -37,13 +44,18 @@ LABELS = {
     "calendar": "+ clock",
     "all": "+ extras, z-scores and clock",
     "all+cross-fit": "+ all three, cross-fitted thresholds and stacker (3 sub-models)",
+    "pretrained": "+ extras, z-scores and clock, pretrained on 2,048 synthetic tokens",
+    "15s": "all three, cross-fit and stacker at 15-second bars",
 }
 BASE = ["backtest", "--preset", "real", "--folds", "5", "--by", "token", "--every", "2", "--threads", "1"]
-START, END = "<!-- pump-levers -->", "<!-- /pump-levers -->"
 
 
-def run(lever: str, data: Path, out: Path) -> None:
+def run(lever: str, data: Path, out: Path, pretrained: Path | None) -> None:
     argv = [*BASE, "--data-dir", str(data), "--output-dir", str(out), *LEVERS[lever]]
+    if lever == "pretrained":
+        if pretrained is None:
+            sys.exit("the pretrained lever needs --pretrained MODEL (pumpcast train on synthetic tokens)")
+        argv += ["--init-from", str(pretrained)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -99,6 +111,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--levers", default=",".join(LEVERS))
+    ap.add_argument("--data-15s", type=Path, help="the same trades ingested at 15-second bars (the 15s lever)")
+    ap.add_argument("--pretrained", type=Path, help="a model file pretrained on synthetic tokens")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--readme", type=Path)
     args = ap.parse_args()
@@ -106,15 +120,15 @@ def main() -> None:
     for lever in levers:
         done = (args.out / lever / "backtest.json").exists() and (args.out / lever / "lever.json").exists()
         if not (args.reuse and done):
-            run(lever, args.data_dir, args.out / lever)
+            data = args.data_15s if lever == "15s" else args.data_dir
+            if data is None:
+                sys.exit("the 15s lever needs --data-15s STORE")
+            run(lever, data, args.out / lever, args.pretrained)
     text = table(args.out, levers)
     (args.out / "levers.md").write_text(text + "\n")
     print(text)
     if args.readme:
-        readme = args.readme.read_text()
-        head, rest = readme.split(START, 1)
-        _, tail = rest.split(END, 1)
-        args.readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        write_block(args.readme, "pump-levers", text)
 
 
 if __name__ == "__main__":

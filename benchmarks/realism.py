@@ -1,18 +1,22 @@
 """Realism: the statistics a quant checks first, synthetic markets against the real Binance pump events.
 
     python benchmarks/realism.py [--venues cex,dex] [--num-tokens 512 --timesteps 5800 --seed 0]
-                                 [--real ../shared/data/binance-pumps]
+                                 [--real ../shared/data/binance-pumps] [--readme README.md]
 
 For each statistic: the real 10th percentile / median / 90th percentile over the real files (calm statistics)
 or pumps (pump statistics), and per venue the synthetic median over tokens or pumps, marked "in" when it lies
-inside the real band; then "N of M inside" per venue. The README carries the table.
+inside the real band; then "N of M inside" per venue. With --readme the table goes between the README's
+`<!-- realism -->` markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
 from pathlib import Path
+
+from readme_block import write_block
 
 from pumpcast import simulator
 from pumpcast.ingest import attach_events, read_events, trades_to_bars
@@ -24,6 +28,7 @@ LABELS = {
     "acf_r_1": "autocorrelation of calm returns, lag 1 (bounce)",
     **{f"acf_abs_r_{k}": f"autocorrelation of calm abs(returns), lag {k}" for k in (*range(1, 11), 60)},
     "corr_abs_r_log_volume": "correlation of calm abs(return) and log volume",
+    "calm_log_volume_acf_1": "lag-1 autocorrelation of calm log volume",
     "pump_zero_return_share": "share of pump-window steps with no price change",
     "pump_zero_trade_share": "share of pump-window steps with no trade",
     "pump_buy_share": "buy share of pump-window trades",
@@ -42,6 +47,7 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=5800, help="as long as a real file's 1-minute bars")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real", default=str(Path(__file__).resolve().parents[2] / "shared/data/binance-pumps"))
+    ap.add_argument("--readme", type=Path)
     args = ap.parse_args()
 
     real_dir = Path(args.real)
@@ -59,17 +65,25 @@ def main() -> None:
         counts[venue] = (n_pumps, time.perf_counter() - started)
 
     head = " | ".join(f"{v.upper()} median ({args.num_tokens} tokens, {counts[v][0]} pumps)" for v in venues)
-    print(f"| statistic | real 10% / median / 90% ({n_real} Binance files, {n_real_pumps} pumps) | {head} |")
-    print("|---|---|" + "---|" * len(venues))
+    lines = [
+        f"| statistic | real 10% / median / 90% ({n_real} Binance files, {n_real_pumps} pumps) | {head} |",
+        "|---|---|" + "---|" * len(venues),
+    ]
     for key in STATS:
         cells = " | ".join(f"{syn[v][key][1]:.3g} {'in' if inside[v][key] else '**out**'}" for v in venues)
-        print(f"| {LABELS[key]} | {' / '.join(f'{q:.3g}' for q in real[key])} | {cells} |")
-    print()
+        lines.append(f"| {LABELS[key]} | {' / '.join(f'{q:.3g}' for q in real[key])} | {cells} |")
+    lines.append("")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     for v in venues:
-        print(
+        lines.append(
             f"{v.upper()}: {sum(inside[v].values())} of {len(inside[v])} inside "
-            f"(seed {args.seed}, {args.num_tokens} tokens x {args.timesteps} steps, {counts[v][1]:.0f} s)"
+            f"(`python benchmarks/realism.py --num-tokens {args.num_tokens} --timesteps {args.timesteps} "
+            f"--seed {args.seed}` at commit {commit}, {counts[v][1]:.0f} s).  "
         )
+    text = "\n".join(lines)
+    print(text)
+    if args.readme:
+        write_block(args.readme, "realism", text)
 
 
 if __name__ == "__main__":

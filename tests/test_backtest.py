@@ -284,7 +284,8 @@ def test_backtest_end_to_end_isolated_and_resumable(synthetic_store, tmp_path, c
     assert (out / "img" / "backtest_skill.png").stat().st_size > 0
     # pump events of the model and both baselines, thresholds from each fold's validation tokens
     events = report["events"]
-    names = {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "forest", "forest_clock", "ensemble"}
+    names = {"detector", "model", "volume_z", "buys_z", "buy_volume_z", "buy_share_z", "logistic", "forest"}
+    names |= {"forest_clock", "ensemble"}
     assert set(events) - {"stacker"} == names
     assert events["model"]["events"] == events["buys_z"]["events"] > 0
     for m in events.values():

@@ -15,6 +15,7 @@ from pumpcast.cli import main
 from pumpcast.detection import PumpDetector
 from pumpcast.forecasting import Forecaster
 from pumpcast.modelfile import load_model_file
+from pumpcast.schema import FEATURES
 from pumpcast.splits import Split
 from pumpcast.store import TokenDataManager
 
@@ -46,7 +47,7 @@ def trained(tmp_path_factory):
                 "--pump-horizon",
                 "5",
                 "--seed",
-                "2",  # every one of the 6 tokens holds a pump, so the test token has events to score
+                "0",  # every one of the 6 tokens holds a pump, so the test token has events to score
             ]
         )
         == 0
@@ -59,8 +60,10 @@ def test_model_file_carries_validation_calibration_and_thresholds(trained):
     assert pump.horizon == 5 and pump.max_false_alarms_per_day == 1.0
     baselines = pump.baselines
     assert len(pump.calibration) == 3
-    # synthetic tokens: no buy quote volume, so no buy_volume_z; the logistic regression fitted on training tokens
-    assert set(baselines.thresholds) == {"volume_z", "buys_z", "buy_share_z", "logistic", "forest", "forest_clock"}
+    # synthetic tokens carry taker sides (buy_volume_z); the regression and forests fitted on training tokens
+    assert set(baselines.thresholds) == {
+        "volume_z", "buys_z", "buy_volume_z", "buy_share_z", "logistic", "forest", "forest_clock"
+    }
     assert all(np.isfinite(th) for th in baselines.thresholds.values())
     assert pump.ensemble.baseline in baselines.detectors and np.isfinite(pump.ensemble.threshold)
     assert pump.val_metrics["events"] > 0  # the validation tokens hold pumps
@@ -116,7 +119,7 @@ def test_predict_adds_pump_probability(trained, tmp_path):
     f = pd.read_csv(tmp_path / "f.csv")
     assert "pump_probability" in f.columns and f["pump_probability"].between(0, 1).all()
     history = pd.read_csv(tmp_path / "h.csv")
-    expected = PumpDetector.load(trained / "m.pth").score(history.iloc[:, 1:].to_numpy(float))[-1]
+    expected = PumpDetector.load(trained / "m.pth").score(history[list(FEATURES)].to_numpy(float))[-1]
     assert f["pump_probability"].iloc[0] == pytest.approx(expected, rel=1e-5)
 
 
@@ -126,7 +129,7 @@ def test_detect_walks_bar_by_bar(trained, tmp_path, capsys):
         == 0
     )
     history = pd.read_csv(tmp_path / "h.csv")
-    feats = history.iloc[:, 1:].to_numpy(float)
+    feats = history[list(FEATURES)].to_numpy(float)
     detector = PumpDetector.load(trained / "m.pth")
     p = detector.score(feats)
     # causal: the probability at a step is the same when the history ends there
@@ -172,8 +175,9 @@ def test_evaluate_writes_the_report(trained, tmp_path):
     assert report["thresholds"]["model"] == pytest.approx(pump.threshold)  # chosen on validation, not here
     overall = report["events"]["overall"]
     assert (
-        set(overall) - {"stacker", "forest", "forest_clock"}
-        == {"detector", "model", "volume_z", "buys_z", "buy_share_z", "logistic", "ensemble"}
+        set(overall) - {"stacker"}
+        == {"detector", "model", "volume_z", "buys_z", "buy_volume_z", "buy_share_z", "logistic", "forest",
+            "forest_clock", "ensemble"}
         and overall["model"]["events"] > 0
     )
     assert report["detector"] == pump.detector and overall["detector"] == overall[pump.detector]  # one detector
@@ -217,7 +221,7 @@ def test_update_bar_by_bar_equals_score_on_the_whole_history(trained, tmp_path):
         main(["export", "--data-dir", str(trained / "data"), "--token-id", "2", "--output", str(tmp_path / "h.csv")])
         == 0
     )
-    feats = pd.read_csv(tmp_path / "h.csv").iloc[:, 1:].to_numpy(float)[:900]
+    feats = pd.read_csv(tmp_path / "h.csv")[list(FEATURES)].to_numpy(float)[:900]
     whole = PumpDetector.load(trained / "m.pth")
     p = whole.score(feats)
     threshold = float(np.quantile(p[np.isfinite(p)], 0.97))  # low enough that alarms happen

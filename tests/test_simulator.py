@@ -205,5 +205,30 @@ def test_synthetic_medians_fall_inside_the_real_bands(binance_dir):
     for venue, need in (("cex", 21), ("dex", 19)):
         tokens = simulator.generate(256, 5800, seed=2, venue=venue)
         inside = inside_band(describe((t.features, t.events) for t in tokens)[0], real)
-        assert len(inside) == len(STATS) == 23
+        assert len(inside) == len(STATS) == 24
         assert sum(inside.values()) >= need, (venue, [k for k, v in inside.items() if not v])
+        assert inside["calm_log_volume_acf_1"], venue  # calm volume as noisy minute to minute as real volume
+
+
+def test_synthetic_pumps_carry_rush_orders_and_start_on_the_hour():
+    """Synthetic tokens have the taker extras ingest builds from trades, consistent with the six features, and
+    their pumps start on round hours with a burst of rush orders (what real pump groups' crowds do)."""
+    from pumpcast.schema import BUYS, EXTRA_FEATURES, VOLUME
+
+    col = {n: i for i, n in enumerate(EXTRA_FEATURES)}
+    bursts, calm = [], []
+    for tok in simulator.generate(16, 3000, seed=4, venue="cex"):
+        ex, series = tok.extras, simulator.to_series(tok, seed=4)
+        assert ex.shape == (3000, len(EXTRA_FEATURES)) and np.isfinite(ex).all()
+        np.testing.assert_allclose(ex[:, col["buy_volume"]] + ex[:, col["sell_volume"]], tok.features[:, VOLUME])
+        assert (ex[:, col["rush_orders"]] <= ex[:, col["buy_orders"]]).all()
+        assert (ex[:, col["buy_orders"]] <= tok.features[:, BUYS]).all()
+        np.testing.assert_array_equal(series.extras, ex)
+        rush = ex[:, col["rush_orders"]]
+        for e in tok.events:
+            if e.type == "pump_and_dump":
+                assert e.start % simulator.ANNOUNCE_EVERY == 0 and series.timestamps[e.start] % 3_600_000 == 0
+                bursts.append(rush[e.start : e.start + 3].sum())
+                calm.append(rush[e.start - 63 : e.start - 3].mean() * 3)
+    assert len(bursts) >= 10
+    assert np.median(np.array(bursts) / np.maximum(calm, 1.0)) > 10

@@ -30,6 +30,7 @@ CALM_STATS = (
     "acf_r_1",
     *(f"acf_abs_r_{k}" for k in ABS_LAGS),
     "corr_abs_r_log_volume",
+    "calm_log_volume_acf_1",
 )
 PUMP_STATS = (
     "pump_zero_return_share",
@@ -93,6 +94,10 @@ def series_stats(features: np.ndarray, events: list[Event]) -> dict[str, float]:
     lv = np.log1p(vol[ok] / scale) if scale > 0 else np.zeros(0)
     out["corr_abs_r_log_volume"] = (
         float(np.corrcoef(np.abs(rc), lv)[0, 1]) if lv.size and lv.std() > 0 and rc.std() > 0 else float("nan")
+    )
+    # how persistent calm volume is minute to minute: a too-smooth synthetic volume makes a spike too easy to see
+    out["calm_log_volume_acf_1"] = (
+        _acf(np.where(ok, np.log1p(vol / scale), 0.0), 1, ok) if scale > 0 else float("nan")
     )
     return out
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from pumpcast.config import VENUES, DataConfig, IngestConfig
 from pumpcast.schema import (
     BUYS,
+    EXTRA_FEATURES,
     FEATURES,
     LIQUIDITY,
     MARKET_CAP,
@@ -55,9 +56,11 @@ BLOCK = 512
 #: Swap fee, paid to liquidity providers outside the reserves so that swaps keep k exactly.
 FEE = 0.003
 #: Time scales (steps) of the activity components and the standard deviation of each one's log intensity:
-#: several scales give volatility the long memory of real markets, which one exponential decay cannot.
-ACTIVITY_SCALES = (2.0, 5.0, 30.0, 300.0, 3000.0)
-ACTIVITY_SD = (0.9, 0.65, 0.8, 0.9, 0.55)
+#: several scales give volatility the long memory of real markets, which one exponential decay cannot, and a
+#: near-white one (0.3 steps) the minute-to-minute noise of real volume (calm log volume's lag-1 autocorrelation
+#: is 0.16-0.39 on the real events; without it, 0.43, and a volume spike was easier to see than a real one).
+ACTIVITY_SCALES = (0.3, 2.0, 5.0, 30.0, 300.0, 3000.0)
+ACTIVITY_SD = (1.0, 0.95, 0.65, 0.8, 0.9, 0.55)
 #: Log-normal spread of a step's trade sizes per side.
 SIZE_SD = 1.0
 #: Whale trades in calm markets: chance per step, scale over a mean trade, and Pareto tail.
@@ -69,6 +72,16 @@ DEPTH_SCALE = 30.0
 DEPTH_SD = 0.4
 #: Chance that a step's last trade repeats the side of the previous last trade (orders split over minutes).
 SIDE_PERSIST = 0.6
+#: Pump groups announce on round times: a pump starts on a multiple of this many steps (the hour at 1-minute
+#: bars; all 19 shared real events start at HH:00).
+ANNOUNCE_EVERY = 60
+#: Taker orders: a rush order (one taker buy filled in several trades at one millisecond) fills RUSH_FILLS
+#: trades. Each RUSH_FILLS buy trades of a step are one rush order with the step's rush chance: a token's calm
+#: chance (RUSH_CALM, real calm: 7-14% of buy orders are rush orders) or, from a pump's start until its peak,
+#: RUSH_PUMP (real: 12-27% over the first 3 minutes), fading with the crowd. Sells split alike at the calm chance.
+RUSH_FILLS = 3
+RUSH_CALM = (0.15, 0.35)
+RUSH_PUMP = (0.4, 0.6)
 
 
 @dataclass
@@ -83,6 +96,7 @@ class SyntheticToken:
     reserves: np.ndarray = field(repr=False)  # (T, 2): token reserve x, quote reserve y after each step
     last_side: np.ndarray = field(repr=False)  # (T,) int8: the step's last trade, +1 buy, -1 sell, 0 no trade
     tick: float = float("nan")  # price grid of a CEX pair; NaN on a DEX
+    extras: np.ndarray | None = field(default=None, repr=False)  # (T, len(EXTRA_FEATURES)): taker sides, orders
 
 
 @dataclass
@@ -98,6 +112,7 @@ class _Schedule:
     pump_target: np.ndarray  # target log price relative to the pump's reference; 0 outside pumps (no pull)
     pump_pull: np.ndarray  # how hard flow is pulled to the target (1 = exactly)
     pump_ref: np.ndarray  # True at the step whose opening price is the pump's reference
+    rush: np.ndarray  # chance that RUSH_FILLS buy trades are one rush order
     events: list[list[Event]]
 
 
@@ -113,6 +128,7 @@ def _schedule(rng: np.random.Generator, T: int, B: int) -> _Schedule:
         pump_target=np.zeros((B, T)),
         pump_pull=np.zeros((B, T)),
         pump_ref=np.zeros((B, T), dtype=bool),
+        rush=np.repeat(rng.uniform(*RUSH_CALM, (B, 1)), T, axis=1),
         events=[[] for _ in range(B)],
     )
     steps = np.arange(T)
@@ -125,6 +141,7 @@ def _schedule(rng: np.random.Generator, T: int, B: int) -> _Schedule:
         starts: list[int] = []
         for _ in range(n_pumps):
             t0 = int(rng.integers(150, max(151, rug - 200)))
+            t0 = max(3 * ANNOUNCE_EVERY, t0 - t0 % ANNOUNCE_EVERY)
             if all(abs(t0 - u) > 300 for u in starts) and t0 + 200 < rug:
                 starts.append(t0)
         for t0 in sorted(starts):
@@ -156,6 +173,10 @@ def _schedule(rng: np.random.Generator, T: int, B: int) -> _Schedule:
             s.size_mult[b, peak + 1 : tail] *= 1 + (bigger - 1) * fade
             s.crowd_logit[b, t0 : peak + 1] += 1.5
             s.crowd_logit[b, peak + 1 : end + 1] += 0.3
+            calm_rush = s.rush[b, 0]
+            rush = rng.uniform(*RUSH_PUMP)
+            s.rush[b, t0 : peak + 1] = rush
+            s.rush[b, peak + 1 : tail] = calm_rush + (rush - calm_rush) * fade
             ev.append(Event("pump_and_dump", t0, peak, end, float(gain)))
         # News: flow shocks of either sign that decay.
         for t0 in np.sort(rng.integers(0, T, size=rng.poisson(T / 1500.0))):
@@ -275,10 +296,12 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
     bulk_buy, bulk_sell = (buy_rel - last_buy) * thin, (sell_rel - last_sell) * thin
     last_buy *= thin
     last_sell *= thin
-    del lam, n, sentiment, lean, trade, buy_rel, sell_rel, whale, whale_buy, traded, fresh, anchor
+    del lam, n, sentiment, lean, trade, sell_rel, whale, whale_buy, traded, fresh, anchor
 
     fill = np.empty((T, B))  # execution price of the step's last trade (DEX)
     volume = np.empty((T, B))
+    buy_volume = np.empty((T, B))
+    group_buys = np.zeros((T, B), dtype=bool)  # the pump group bought: one rush order of RUSH_FILLS trades
     rx, ry = np.empty((T, B)), np.empty((T, B))
     ref = np.log(y / x)
     starting = sched.pump_ref.any(axis=1)  # steps where some token's pump starts
@@ -294,6 +317,8 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
         y2 = y1 * np.exp(gap / 2)
         x2 = x1 * y1 / y2
         forced = np.abs(y2 - y1) / np.where(y2 > y1, keep, 1.0)  # quote paid in (with fee) or paid out
+        group_buys[t] = (forced > 0) & (gap > 0)
+        n_buy[t] += RUSH_FILLS * group_buys[t]
         # Average price of the last trade: a buy pays above the pool price, a sell gets below it.
         lb, st = last_buy[t] * y2, last_sell[t] * x2
         fill[t] = np.where(last[t] > 0, (y2 + lb * keep) / (x2 * keep), y2 * keep / (x2 + st * keep))
@@ -302,16 +327,17 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
         if alone.any():
             side = np.where(gap > 0, 1, -1)[alone]
             last[t, alone] = side
-            n_buy[t, alone] += side > 0
-            n_sell[t, alone] += side < 0
+            n_sell[t, alone] += side < 0  # a buying group's trades are counted above
             fill[t, alone] = (y2 / x2)[alone]
         x3, y3 = swap_sell(*swap_buy(x2, y2, lb), st)
         volume[t] = volume_rel[t] * y + forced / thin[t] + sched.dev_dump[t] * y  # dumped tokens at the step's price
+        buy_volume[t] = buy_rel[t] * y + np.where(gap > 0, forced, 0.0) / thin[t]
         # Liquidity providers add or remove both reserves in proportion: price unchanged, k changes.
         grow = 1 + sched.liq_change[t]
         x, y = x3 * grow, y3 * grow
         rx[t], ry[t] = x, y
-    del bulk_buy, bulk_sell, last_buy, last_sell, volume_rel, thin
+    del bulk_buy, bulk_sell, last_buy, last_sell, volume_rel, thin, buy_rel
+    extras = _taker_orders(rng, n_buy, n_sell, group_buys, sched.rush, volume, buy_volume)
 
     mid = ry / rx
     if venue == "cex":
@@ -337,6 +363,7 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
         feats[..., MARKET_CAP] = price.T * supply[:, None]
     reserves = np.stack([rx.T, ry.T], axis=-1)
     sides = np.ascontiguousarray(last.T)
+    extras = np.ascontiguousarray(extras.transpose(1, 0, 2))
     return [
         SyntheticToken(
             block * B + b,
@@ -345,9 +372,38 @@ def _simulate_block(seed: int, block: int, T: int, venue: str = "dex") -> list[S
             reserves[b],
             sides[b],
             float(tick[b]),
+            extras[b],
         )
         for b in range(B)
     ]
+
+
+def _taker_orders(
+    rng: np.random.Generator,
+    n_buy: np.ndarray,
+    n_sell: np.ndarray,
+    group_buys: np.ndarray,
+    rush: np.ndarray,
+    volume: np.ndarray,
+    buy_volume: np.ndarray,
+) -> np.ndarray:
+    """(T, B, len(EXTRA_FEATURES)) taker extras of every step, as ingest builds them from trades: buy and sell
+    quote volume, taker orders per side (trades less the extra fills of multi-fill orders) and rush orders (the
+    crowd's, at the step's rush chance, and the pump group's)."""
+    crowd = rng.binomial((n_buy - RUSH_FILLS * group_buys).astype(np.int64) // RUSH_FILLS, rush)
+    rush_orders = crowd + group_buys
+    split_sells = rng.binomial(n_sell.astype(np.int64) // RUSH_FILLS, rush[:1])
+    out = np.empty((*volume.shape, len(EXTRA_FEATURES)))
+    columns = {
+        "buy_volume": buy_volume,
+        "sell_volume": np.maximum(volume - buy_volume, 0.0),
+        "buy_orders": n_buy - (RUSH_FILLS - 1) * rush_orders,
+        "sell_orders": n_sell - (RUSH_FILLS - 1) * split_sells,
+        "rush_orders": rush_orders,
+    }
+    for i, name in enumerate(EXTRA_FEATURES):
+        out[..., i] = columns[name]
+    return out
 
 
 def _realised(event: Event, price: np.ndarray) -> Event:
@@ -393,6 +449,7 @@ def to_series(token: SyntheticToken, seed: int, interval_ms: int = 60_000, venue
         timestamps=SYNTHETIC_EPOCH_MS + np.arange(steps, dtype=np.int64) * interval_ms,
         features=token.features,
         events=token.events,
+        extras=token.extras,
     )
 
 
