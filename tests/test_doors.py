@@ -265,7 +265,7 @@ def _bad_store(work, tmp_path, case: str):
     if case == "token file shorter than the metadata says":
         for path in (d / "sequences").glob("token_*.h5"):
             with h5py.File(path, "a") as f:
-                for name in ("features", "mask", "timestamps"):
+                for name in ("features", "mask", "timestamps", "extras", "extras_mask"):
                     data = f[name][:500]
                     del f[name]
                     f.create_dataset(name, data=data)
