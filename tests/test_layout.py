@@ -289,3 +289,31 @@ def test_no_function_over_100_lines_but_the_simulators_core():
                 if (path.name, node.name) not in LONG_FUNCTIONS:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["test", "--data-dir", "{tmp}/none"],
+        ["evaluate", "--load-model", "{tmp}/none.pth", "--data-dir", "{tmp}/none"],
+        ["detect", "--load-model", "{tmp}/none.pth", "--input", "{tmp}/none.csv"],
+        ["predict", "--load-model", "{tmp}/none.pth", "--input", "{tmp}/none.csv", "--steps", "2", "--output", "{tmp}/o"],
+        ["export-model", "--load-model", "{tmp}/none.pth", "--output", "{tmp}/m.onnx"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_every_command_that_runs_a_network_takes_threads(tmp_path, argv, capsys):
+    """--threads on every command that runs torch or onnxruntime, with the training commands' rule and help,
+    applied before the command runs (here it then fails on a missing file, after the threads are set)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--threads", "1"]) != 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([argv[0], "--help"])
+    assert "torch CPU threads per process (default: the available cores divided by the processes)" in " ".join(
+        capsys.readouterr().out.split()
+    )

@@ -231,10 +231,18 @@ def _model_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
+def _threads(p: argparse.ArgumentParser) -> None:
+    """--threads for a command that runs torch or onnxruntime without training: the training commands' flag
+    (RuntimeConfig.threads: one default rule, one help text); `run` applies it before the command."""
+    add_settings(p, RuntimeConfig, TITLES["runtime"], only=("threads",))
+    p.set_defaults(apply_threads=True)
+
+
 def _use_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """The commands that use a saved model."""
     p = command("test", "forecast test parts with a saved model: metrics vs persistence, plots", commands.test)
     _settings(p, {"data": DataConfig, "test": TestConfig, "tracking": TrackingConfig}, skip=("register_model",))
+    _threads(p)
 
     p = command(
         "evaluate", "report on the test part: forecasts vs baselines, pump events vs baselines", commands.evaluate
@@ -247,6 +255,7 @@ def _use_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     add_settings(p, BacktestConfig, "scoring", only=("horizons", "every", "context", "bootstrap"))
     add_settings(p, TrackingConfig, TITLES["tracking"], only=("tracking_uri", "experiment_name", "enabled"))
     p.set_defaults(sections={"data": DataConfig, "backtest": BacktestConfig, "tracking": TrackingConfig})
+    _threads(p)
 
     p = command("detect", "walk through a history bar by bar and print each pump alarm", commands.detect)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file with a pump head")
@@ -266,17 +275,13 @@ def _use_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--threshold", type=probability, help="alarm threshold (default: the one chosen on validation)")
     p.add_argument("--output", help="with --input: also write every step's probability and alarms to this CSV")
-    p.add_argument(
-        "--threads",
-        type=bounded_int(1),
-        metavar="N",
-        help="torch CPU threads (default: the available cores; on a shared box 1 is often fastest)",
-    )
+    _threads(p)
 
     p = command("export-model", "write a model's network in another format (ONNX) for serving", commands.export_model)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file (.pth)")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default: onnx)")
     p.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
+    _threads(p)
 
     p = command("predict", "forecast new histories (CSV as `pumpcast export` writes them)", commands.predict)
     p.add_argument("--load-model", required=True, metavar="MODEL", help="model file")
@@ -290,6 +295,7 @@ def _use_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--output", required=True, help="forecast CSV, or a folder when --input is a folder")
     add_settings(p, TestConfig, TITLES["test"], only=("rollout_damping",))
     p.set_defaults(sections={"test": TestConfig})
+    _threads(p)
 
 
 
@@ -326,6 +332,10 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
 
             quiet_lightning()
         try:
+            if getattr(args, "apply_threads", False):
+                from pumpcast.threads import set_threads
+
+                set_threads(getattr(args, "threads", None))
             status = args.func(args)
         except ConfigError as exc:
             print(f"error: {_one_line(flag_message(exc, args.sections.values()))}", file=sys.stderr)

@@ -139,6 +139,9 @@ def pump_trainer(args: argparse.Namespace) -> None:
     """The seed script: --test-mode tests a saved model; otherwise (tune with --optimize,) train, then test."""
     conf = _config(args)
     if args.test_mode:
+        from pumpcast.threads import set_threads
+
+        set_threads(conf["runtime"].threads)
         _test_saved_model(conf["data"], conf["test"], conf["tracking"])
         return
     cfg = _train_config(conf)
@@ -277,9 +280,7 @@ def detect(args: argparse.Namespace) -> None:
     from pumpcast.forecasting import history_inputs, history_interval
     from pumpcast.ingest import read_table
     from pumpcast.modelfile import require_fit
-    from pumpcast.threads import set_threads
 
-    set_threads(args.threads)
     if args.follow:
         if args.output:
             raise ConfigError("--output goes with --input; with --follow, redirect the printed alarms", "output")
