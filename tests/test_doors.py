@@ -310,3 +310,28 @@ def test_split_past_a_token_and_empty_test_split(capsys, work, tmp_path):
 def test_reads_of_a_consistent_store_still_work(work):
     store = TokenDataManager(work / "data")
     assert store.read(0).features.shape == (900, 6)  # the checks cost nothing to a good store
+
+
+def test_a_missing_test_token_is_refused_before_a_tracking_run_starts(capsys, work, tmp_path, monkeypatch):
+    """Test mode on a token the store lacks: one line naming the ids it holds, and no MLflow store or run."""
+    monkeypatch.chdir(tmp_path)  # the default tracking store would be ./mlflow.db
+    data = tmp_path / "data"
+    shutil.copytree(work / "data", data)
+    argv = ["test", "--load-model", str(work / "m.pth"), "--data-dir", str(data), "--test-token-range", "0-5"]
+    _refused(capsys, argv, "token(s) [4, 5] not in the store", "it holds ids [0, 1, 2, 3]")
+    assert not list(tmp_path.glob("mlflow*")) and not (tmp_path / "mlruns").exists()
+
+
+def test_more_tokens_asked_of_a_synthetic_store_adds_the_missing_ones(tmp_path):
+    """--num-tokens 10 after a 5-token store (the seed's second line after the quickstart): tokens 5-9 are added,
+    tokens 0-4 kept bit for bit; the default size asks nothing of a store that has data."""
+    from pumpcast.config import DataConfig
+    from pumpcast.simulator import ensure_store
+
+    store = ensure_store(DataConfig(data_dir=str(tmp_path / "d"), num_tokens=5, timesteps=300))
+    before = {t: store.read(t).features for t in store.token_ids()}
+    store = ensure_store(DataConfig(data_dir=str(tmp_path / "d"), num_tokens=10, timesteps=400))
+    assert store.lengths() == {**{t: 300 for t in range(5)}, **{t: 400 for t in range(5, 10)}}
+    for t, feats in before.items():
+        np.testing.assert_array_equal(store.read(t).features, feats)
+    assert len(ensure_store(DataConfig(data_dir=str(tmp_path / "d")))) == 10

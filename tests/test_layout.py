@@ -297,7 +297,7 @@ def test_no_function_over_100_lines_but_the_simulators_core():
         ["test", "--data-dir", "{tmp}/none"],
         ["evaluate", "--load-model", "{tmp}/none.pth", "--data-dir", "{tmp}/none"],
         ["detect", "--load-model", "{tmp}/none.pth", "--input", "{tmp}/none.csv"],
-        ["predict", "--load-model", "{tmp}/none.pth", "--input", "{tmp}/none.csv", "--steps", "2", "--output", "{tmp}/o"],
+        ["predict", "--load-model", "{tmp}/none.pth", "--input", "{tmp}/h.csv", "--steps", "2", "--output", "{tmp}/o"],
         ["export-model", "--load-model", "{tmp}/none.pth", "--output", "{tmp}/m.onnx"],
     ],
     ids=lambda argv: argv[0],

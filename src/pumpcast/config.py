@@ -152,7 +152,12 @@ class DataConfig(Settings):
     """Where the tokens come from and how they are split and windowed."""
 
     data_dir: str = option("training-data", "token store directory")
-    num_tokens: int = option(5, "synthetic tokens made when the store is empty", low=1)
+    num_tokens: int = option(
+        5,
+        "synthetic tokens: generate makes tokens 0..N-1 of the seed; other commands make them in an empty store or "
+        "add the missing ones to a store of fewer synthetic tokens",
+        low=1,
+    )
     timesteps: int = option(4000, "steps per synthetic token", low=2)
     interval: str = option("1min", "bar length: of synthetic steps, or of the bars trades and candles become")
     venue: str = option(

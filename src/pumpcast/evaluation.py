@@ -137,10 +137,7 @@ def forecast_test_tokens(
     forecaster: Forecaster, store: TokenDataManager, split: Split, token_ids: list[int], steps: int
 ) -> list[TokenForecast]:
     """Forecast `steps` ahead from the start of each token's test part, all tokens in one batched rollout."""
-    known = set(store.token_ids())
-    missing = [t for t in token_ids if t not in known]
-    if missing:
-        raise DataError(f"token(s) {missing} not in the store {store.dir}; it holds ids {sorted(known)}")
+    store.require(token_ids)
     series = {t: read_inputs(store, t, forecaster.bundle.config.groups) for t in token_ids}
     origins = {t: forecast_origin(split, t, forecaster.seq_len, series[t].shape[0]) for t in token_ids}
     windows = np.stack([series[t][origins[t] - forecaster.seq_len : origins[t]] for t in token_ids])

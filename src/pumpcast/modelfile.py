@@ -98,7 +98,9 @@ def require_fit(bundle: ModelBundle, name: str, interval_ms: int | None = None, 
 
 
 def require_store_fit(bundle: ModelBundle, store: Any, token_ids: list[int]) -> None:
-    """require_fit for stored tokens (a TokenDataManager): the first token of another bar length is named."""
+    """require_fit for stored tokens (a TokenDataManager): ids the store lacks, then the first token of another bar
+    length, are named."""
+    store.require(token_ids)
     for t, ms in sorted(store.intervals(token_ids).items()):
         require_fit(bundle, f"{store.dir}: token {t}", interval_ms=ms)
 

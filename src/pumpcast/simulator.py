@@ -480,8 +480,10 @@ def generate_to_store(
     workers: int | None = None,
     allow_mixed_intervals: bool = IngestConfig.allow_mixed_intervals,
     venue: str = "dex",
+    first_token: int = 0,
 ) -> list[int]:
-    """Simulate tokens 0..num_tokens-1 of a venue into the store (regenerating replaces the same keys).
+    """Simulate tokens first_token..num_tokens-1 of a venue into the store (regenerating replaces the same keys);
+    returns their store ids.
 
     Blocks are simulated and written by `workers` processes (default: one per core, at most one per block),
     which die with this process; everything is committed in one store transaction, after every file is
@@ -489,17 +491,20 @@ def generate_to_store(
     """
     import multiprocessing as mp
 
-    if num_tokens < 1 or timesteps < 2:
-        raise ConfigError("num_tokens must be >= 1 and timesteps >= 2", "num_tokens", "timesteps")
+    if num_tokens < 1 or timesteps < 2 or not 0 <= first_token < num_tokens:
+        raise ConfigError(
+            "num_tokens must be >= 1 (and above first_token) and timesteps >= 2", "num_tokens", "timesteps"
+        )
     _check_venue(venue)
     interval_ms = parse_interval(interval)
     store = TokenDataManager(data_dir)
-    blocks = range(0, (num_tokens - 1) // BLOCK + 1)
+    wanted = range(first_token, num_tokens)
+    blocks = range(first_token // BLOCK, (num_tokens - 1) // BLOCK + 1)
     workers = min(workers or os.cpu_count() or 1, len(blocks))
     stored = len(store)
     log.info(
         "generating %d synthetic %s token(s) x %d steps into %s%s",
-        num_tokens,
+        len(wanted),
         venue.upper(),
         timesteps,
         data_dir,
@@ -507,8 +512,8 @@ def generate_to_store(
     )
     with store.transaction() as txn:
         store.check_interval(txn.meta, {interval_ms}, allow_mixed_intervals)
-        key_ids = txn.assign(_key(venue, seed, i) for i in range(num_tokens))
-        ids = {i: key_ids[_key(venue, seed, i)] for i in range(num_tokens)}
+        key_ids = txn.assign(_key(venue, seed, i) for i in wanted)
+        ids = {i: key_ids[_key(venue, seed, i)] for i in wanted}
         tasks = [
             (
                 str(data_dir),
@@ -517,12 +522,12 @@ def generate_to_store(
                 b,
                 timesteps,
                 interval_ms,
-                {i: ids[i] for i in range(b * BLOCK, min(num_tokens, (b + 1) * BLOCK))},
+                {i: ids[i] for i in range(max(first_token, b * BLOCK), min(num_tokens, (b + 1) * BLOCK))},
                 venue,
             )
             for b in blocks
         ]
-        bar = tqdm(total=num_tokens, desc="tokens", unit="token", disable=len(tasks) < 2 or not sys.stderr.isatty())
+        bar = tqdm(total=len(wanted), desc="tokens", unit="token", disable=len(tasks) < 2 or not sys.stderr.isatty())
         if workers > 1:
             with mp.get_context("spawn").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for part in pool.imap(_write_block, tasks):
@@ -534,22 +539,34 @@ def generate_to_store(
                 txn.add(part)
                 bar.update(len(part))
         bar.close()
-    return [ids[i] for i in range(num_tokens)]
+    return [ids[i] for i in wanted]
 
 
 def ensure_store(data: DataConfig) -> TokenDataManager:
-    """The store in data.data_dir, filled with data.num_tokens synthetic tokens first if it is empty: every
-    command that needs data and finds none starts from the embedded defaults. A store with data is used as
-    it is (said when num_tokens asked for another size)."""
+    """The store in data.data_dir, filled with data.num_tokens synthetic tokens if it is empty, so every command
+    that needs data starts from the embedded defaults. Asked for more tokens than a store of synthetic tokens
+    holds (num_tokens other than the default), the missing ones are added and those it holds kept as they are:
+    `--num-tokens 10` after a 5-token quickstart means 10 tokens. A store with real tokens is used as it is
+    (said when num_tokens asked for more)."""
     store = TokenDataManager(data.data_dir)
-    if len(store) == 0:
-        log.info("%s is empty: making synthetic data first", data.data_dir)
-        generate_to_store(data.data_dir, data.num_tokens, data.timesteps, data.seed, data.interval, venue=data.venue)
-    elif len(store) != data.num_tokens and data.num_tokens != DataConfig().num_tokens:
+    held = len(store)
+    if held >= data.num_tokens or (held and data.num_tokens == DataConfig().num_tokens):
+        return store  # a store with data meets the default size as it is; an asked-for size is met
+    if held and not all(e.source.startswith("synthetic") for e in store.entries().values()):
         log.warning(
-            "%s already holds %d token(s): num_tokens=%d applies only to an empty store (generate adds tokens)",
+            "%s holds %d token(s), real ones among them: num_tokens=%d adds synthetic tokens only to a synthetic "
+            "store (pumpcast generate adds them anyway)",
             data.data_dir,
-            len(store),
+            held,
             data.num_tokens,
         )
+        return store
+    log.info(
+        "%s %s: making synthetic data first",
+        data.data_dir,
+        f"holds {held} of num_tokens={data.num_tokens} token(s)" if held else "is empty",
+    )
+    generate_to_store(
+        data.data_dir, data.num_tokens, data.timesteps, data.seed, data.interval, venue=data.venue, first_token=held
+    )
     return store

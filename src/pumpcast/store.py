@@ -249,6 +249,13 @@ class TokenDataManager:
         ids = list(entries) if token_ids is None else [int(t) for t in token_ids]
         return {t: entries[t].interval_ms for t in ids if t in entries}
 
+    def require(self, token_ids: Iterable[int]) -> None:
+        """A one-line DataError naming the ids not in the store (and those it holds), before any work starts."""
+        known = set(self.token_ids())
+        missing = [int(t) for t in token_ids if int(t) not in known]
+        if missing:
+            raise DataError(f"token(s) {missing} not in the store {self.dir}; it holds ids {sorted(known)}")
+
     def lengths(self) -> dict[int, int]:
         """Steps per token, from the metadata (no HDF5 reads)."""
         return {t: e.steps for t, e in self.entries().items()}
