@@ -60,7 +60,7 @@ FEE = 0.003
 #: near-white one (0.3 steps) the minute-to-minute noise of real volume (calm log volume's lag-1 autocorrelation
 #: is 0.16-0.39 on the real events; without it, 0.43, and a volume spike was easier to see than a real one).
 ACTIVITY_SCALES = (0.3, 2.0, 5.0, 30.0, 300.0, 3000.0)
-ACTIVITY_SD = (1.0, 0.95, 0.65, 0.8, 0.9, 0.55)
+ACTIVITY_SD = (0.95, 1.0, 0.65, 0.8, 0.9, 0.55)
 #: Log-normal spread of a step's trade sizes per side.
 SIZE_SD = 1.0
 #: Whale trades in calm markets: chance per step, scale over a mean trade, and Pareto tail.
