@@ -91,14 +91,13 @@ def series_stats(features: np.ndarray, events: list[Event]) -> dict[str, float]:
     for k in ABS_LAGS:
         out[f"acf_abs_r_{k}"] = _acf(np.where(ok, np.abs(r), 0.0), k, ok)
     scale = vol[ok].mean() if ok.any() else 0.0
-    lv = np.log1p(vol[ok] / scale) if scale > 0 else np.zeros(0)
+    log_vol = np.log1p(vol / scale) if scale > 0 else None
+    lv = log_vol[ok] if log_vol is not None else np.zeros(0)
     out["corr_abs_r_log_volume"] = (
         float(np.corrcoef(np.abs(rc), lv)[0, 1]) if lv.size and lv.std() > 0 and rc.std() > 0 else float("nan")
     )
     # how persistent calm volume is minute to minute: a too-smooth synthetic volume makes a spike too easy to see
-    out["calm_log_volume_acf_1"] = (
-        _acf(np.where(ok, np.log1p(vol / scale), 0.0), 1, ok) if scale > 0 else float("nan")
-    )
+    out["calm_log_volume_acf_1"] = _acf(np.where(ok, log_vol, 0.0), 1, ok) if log_vol is not None else float("nan")
     return out
 
 

@@ -393,7 +393,6 @@ def _taker_orders(
     crowd = rng.binomial((n_buy - RUSH_FILLS * group_buys).astype(np.int64) // RUSH_FILLS, rush)
     rush_orders = crowd + group_buys
     split_sells = rng.binomial(n_sell.astype(np.int64) // RUSH_FILLS, rush[:1])
-    out = np.empty((*volume.shape, len(EXTRA_FEATURES)))
     columns = {
         "buy_volume": buy_volume,
         "sell_volume": np.maximum(volume - buy_volume, 0.0),
@@ -401,9 +400,7 @@ def _taker_orders(
         "sell_orders": n_sell - (RUSH_FILLS - 1) * split_sells,
         "rush_orders": rush_orders,
     }
-    for i, name in enumerate(EXTRA_FEATURES):
-        out[..., i] = columns[name]
-    return out
+    return np.stack([columns[name] for name in EXTRA_FEATURES], axis=-1).astype(np.float64)
 
 
 def _realised(event: Event, price: np.ndarray) -> Event:
