@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -145,7 +146,11 @@ class LogisticDetector:
     threshold: float = float("inf")
 
     def score(self, tok: TokenSeries) -> np.ndarray:
-        z = np.nan_to_num((morgia_features(tok) - np.asarray(self.mean)) / np.asarray(self.scale))
+        return self.score_rows(morgia_features(tok))
+
+    def score_rows(self, x: np.ndarray) -> np.ndarray:
+        """Scores of rows of morgia_features."""
+        z = np.nan_to_num((x - np.asarray(self.mean)) / np.asarray(self.scale))
         return z @ np.asarray(self.coef) + self.intercept
 
 
@@ -428,14 +433,15 @@ def fit_logistic(
     for C in C_GRID:
         fit = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed).fit(z, y)
         candidates.append(LogisticDetector(tuple(mean), tuple(scale), tuple(fit.coef_[0]), float(fit.intercept_[0]), C))
-    return _best_on(candidates, val_rows, lambda det, x: np.nan_to_num((x - mean) / scale) @ det.coef + det.intercept)
+    return _best_on(candidates, val_rows)
 
 
-def _best_on(candidates: list, val_rows: tuple[np.ndarray, np.ndarray] | None, score) -> Any:
-    """The candidate with the highest validation AUPRC (the first when there is no validation or it ties)."""
+def _best_on(candidates: list, val_rows: tuple[np.ndarray, np.ndarray] | None) -> Any:
+    """The candidate with the highest validation AUPRC of its `score_rows` (the first when there is no
+    validation or it ties)."""
     if val_rows is None:
         return candidates[0]
-    aps = [np.nan_to_num(average_precision(val_rows[1], score(c, val_rows[0])), nan=-1.0) for c in candidates]
+    aps = [np.nan_to_num(average_precision(val_rows[1], c.score_rows(val_rows[0])), nan=-1.0) for c in candidates]
     return candidates[int(np.argmax(aps))]
 
 
@@ -452,7 +458,7 @@ def fit_forest(
     validation AUPRC; None without positives in training."""
     from sklearn.ensemble import RandomForestClassifier
 
-    features = lambda t: forest_features(t, clock)  # noqa: E731
+    features = partial(forest_features, clock=clock)
     fit_rows, val_rows = _rows(tokens, train, horizon, features), _rows(tokens, val, horizon, features)
     if fit_rows is None or fit_rows[1].sum() == 0:
         return None
@@ -463,7 +469,7 @@ def fit_forest(
             max_samples=min(FOREST_SAMPLES, len(fit_rows[1])), random_state=seed, n_jobs=1,
         ).fit(fit_rows[0].astype(np.float32), fit_rows[1])
         candidates.append(ForestDetector.of(forest, depth, clock))
-    return _best_on(candidates, val_rows, lambda det, x: det.score_rows(x))
+    return _best_on(candidates, val_rows)
 
 
 def fit_baselines(
