@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from readme_block import write_block
+from readme_block import head_commit, write_block
 
 ALL = "trades,zscores,calendar"
 #: lever -> the flags it adds to the recorded backtest command.
@@ -56,7 +56,7 @@ def run(lever: str, data: Path, out: Path, pretrained: Path | None) -> None:
         if pretrained is None:
             sys.exit("the pretrained lever needs --pretrained MODEL (pumpcast train on synthetic tokens)")
         argv += ["--init-from", str(pretrained)]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = head_commit()
     load = os.getloadavg()[0]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pumpcast.cli", *argv], check=True)

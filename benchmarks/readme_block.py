@@ -3,7 +3,13 @@ figure in the README is always the output of its recorded command, never typed b
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+
+def head_commit() -> str:
+    """The short commit the benchmark runs at, for the record beside its figures."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def write_block(readme: Path, name: str, text: str) -> None:

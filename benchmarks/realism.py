@@ -12,11 +12,10 @@ inside the real band; then "N of M inside" per venue. With --readme the table go
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 
-from readme_block import write_block
+from readme_block import head_commit, write_block
 
 from pumpcast import simulator
 from pumpcast.ingest import attach_events, read_events, trades_to_bars
@@ -73,7 +72,7 @@ def main() -> None:
         cells = " | ".join(f"{syn[v][key][1]:.3g} {'in' if inside[v][key] else '**out**'}" for v in venues)
         lines.append(f"| {LABELS[key]} | {' / '.join(f'{q:.3g}' for q in real[key])} | {cells} |")
     lines.append("")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = head_commit()
     for v in venues:
         lines.append(
             f"{v.upper()}: {sum(inside[v].values())} of {len(inside[v])} inside "
